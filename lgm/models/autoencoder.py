@@ -1,0 +1,139 @@
+"""Images as points of a semantic space: a convolutional encoder, a decoder, and the VAE.
+
+The encoder maps (B, H, W, C) images in [-1, 1] to a small (B, H/f, W/f, z) latent; the decoder maps
+back. f = space_to_depth * 2**(len(ch_mult) - 1): a first free space-to-depth step keeps every
+learned convolution at half resolution or below (the costliest case on CPU, see MEASURED.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lgm.models import layers
+
+Dtype = Any
+
+
+class Encoder(nn.Module):
+  """ResNet encoder: [space-to-depth] -> conv -> (res blocks, downsample)* -> mid -> out conv."""
+  out_channels: int
+  ch: int = 32
+  ch_mult: Sequence[int] = (1, 2)
+  num_res_blocks: int = 1
+  space_to_depth: int = 2
+  mid_attention: bool = False
+  dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    h = layers.space_to_depth(x.astype(self.dtype), self.space_to_depth)
+    h = nn.Conv(self.ch * self.ch_mult[0], (3, 3), dtype=self.dtype)(h)
+    for level, mult in enumerate(self.ch_mult):
+      for _ in range(self.num_res_blocks):
+        h = layers.ResBlock(self.ch * mult, self.dropout, self.dtype)(h, train)
+      if level < len(self.ch_mult) - 1:
+        h = layers.Downsample(self.dtype)(h)
+    h = _mid(h, self.mid_attention, self.dropout, self.dtype, train)
+    h = nn.swish(layers.group_norm(h.shape[-1], self.dtype)(h))
+    return nn.Conv(self.out_channels, (3, 3), dtype=self.dtype)(h).astype(jnp.float32)
+
+
+class Decoder(nn.Module):
+  """Mirror of `Encoder`: conv -> mid -> (res blocks, upsample)* -> out conv -> [depth-to-space]."""
+  out_channels: int
+  ch: int = 32
+  ch_mult: Sequence[int] = (1, 2)
+  num_res_blocks: int = 1
+  space_to_depth: int = 2
+  mid_attention: bool = False
+  dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, z: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    h = nn.Conv(self.ch * self.ch_mult[-1], (3, 3), dtype=self.dtype)(z.astype(self.dtype))
+    h = _mid(h, self.mid_attention, self.dropout, self.dtype, train)
+    for level, mult in reversed(list(enumerate(self.ch_mult))):
+      for _ in range(self.num_res_blocks + 1):
+        h = layers.ResBlock(self.ch * mult, self.dropout, self.dtype)(h, train)
+      if level > 0:
+        h = layers.Upsample(self.dtype)(h)
+    h = nn.swish(layers.group_norm(h.shape[-1], self.dtype)(h))
+    h = nn.Conv(self.out_channels * self.space_to_depth**2, (3, 3), dtype=self.dtype)(h)
+    return layers.depth_to_space(h, self.space_to_depth).astype(jnp.float32)
+
+
+def _mid(h: jnp.ndarray, attention: bool, dropout: float, dtype: Dtype, train: bool) -> jnp.ndarray:
+  """The lowest-resolution stage shared by encoder and decoder: res, [attention], res."""
+  h = layers.ResBlock(h.shape[-1], dropout, dtype)(h, train)
+  if attention:
+    h = layers.SpatialAttention(dtype)(h)
+  return layers.ResBlock(h.shape[-1], dropout, dtype)(h, train)
+
+
+class Autoencoder(nn.Module):
+  """Deterministic autoencoder. `log_scale` is the decoder's learned observation noise (see losses)."""
+  image_channels: int = 3
+  latent_channels: int = 4
+  ch: int = 32
+  ch_mult: Sequence[int] = (1, 2)
+  num_res_blocks: int = 1
+  space_to_depth: int = 2
+  mid_attention: bool = False
+  dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  #: How many encoder output channels each latent channel needs (2 for a Gaussian's mean and log-variance).
+  moments_per_channel = 1
+
+  def setup(self):
+    shared = dict(ch=self.ch, ch_mult=tuple(self.ch_mult), num_res_blocks=self.num_res_blocks,
+                  space_to_depth=self.space_to_depth, mid_attention=self.mid_attention,
+                  dropout=self.dropout, dtype=self.dtype)
+    self.encoder = Encoder(self.latent_channels * self.moments_per_channel, **shared)
+    self.decoder = Decoder(self.image_channels, **shared)
+    self.log_scale = self.param('log_scale', nn.initializers.zeros, ())
+
+  @property
+  def downsampling_factor(self) -> int:
+    return self.space_to_depth * 2 ** (len(self.ch_mult) - 1)
+
+  def encode(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    """Images -> latents (for the VAE: the posterior mean and log-variance, concatenated on channels)."""
+    return self.encoder(x, train)
+
+  def decode(self, z: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    """Latents -> the decoder's mean image, in [-1, 1] model space (not clipped)."""
+    return self.decoder(z, train)
+
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> dict[str, jnp.ndarray]:
+    """What the loss needs: the reconstruction and the observation log-scale."""
+    return dict(recon=self.decode(self.encode(x, train), train), log_scale=self.log_scale)
+
+
+class VAE(Autoencoder):
+  """Autoencoder whose encoder outputs a diagonal Gaussian posterior q(z|x), trained with a KL to N(0, I).
+
+  Calling it draws z ~ q(z|x) with the flax rng stream 'latent'.
+  """
+  moments_per_channel = 2
+
+  def posterior(self, x: jnp.ndarray, train: bool = False) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """q(z|x) as (mean, log-variance); the log-variance is clipped to [-30, 20] for stability."""
+    mean, logvar = jnp.split(self.encode(x, train), 2, axis=-1)
+    return mean, jnp.clip(logvar, -30.0, 20.0)
+
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> dict[str, jnp.ndarray]:
+    mean, logvar = self.posterior(x, train)
+    z = reparameterize(self.make_rng('latent'), mean, logvar)
+    return dict(recon=self.decode(z, train), log_scale=self.log_scale, mean=mean, logvar=logvar)
+
+
+def reparameterize(rng: jax.Array, mean: jnp.ndarray, logvar: jnp.ndarray) -> jnp.ndarray:
+  """z = mean + std * eps: a posterior sample through which gradients flow."""
+  return mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, mean.dtype)

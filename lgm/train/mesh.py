@@ -1,0 +1,72 @@
+"""The device mesh and how arrays are laid out on it, described by the config.
+
+`config.mesh` maps axis names to sizes in order, one size may be -1 ("the rest"). The batch is split
+over every axis. Parameters (and optimizer state, EMA) are replicated, except over an axis named
+`fsdp`: there each large parameter is split along its largest divisible dimension (FSDP / ZeRO-3
+style); XLA inserts the gathers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+FSDP_AXIS = 'fsdp'
+MIN_SHARDED_SIZE = 2**12  # smaller parameters stay replicated: splitting them only adds traffic
+
+
+def mesh_shape(mesh_config: ml_collections.ConfigDict | dict, num_devices: int) -> dict[str, int]:
+  """Resolve the -1 entry of `config.mesh` against the device count; check the product."""
+  shape = dict(mesh_config.items())
+  rest = [name for name, size in shape.items() if size == -1]
+  if len(rest) > 1:
+    raise ValueError(f'config.mesh {shape} has more than one -1 axis; give all but one a size.')
+  known = math.prod(size for size in shape.values() if size != -1)
+  if rest:
+    if num_devices % known:
+      raise ValueError(f'config.mesh {shape}: {num_devices} devices are not divisible by {known}.')
+    shape[rest[0]] = num_devices // known
+  if math.prod(shape.values()) != num_devices:
+    raise ValueError(f'config.mesh {shape} needs {math.prod(shape.values())} devices, '
+                     f'but {num_devices} are present; use -1 for one axis.')
+  return shape
+
+
+def make_mesh(mesh_config: ml_collections.ConfigDict | dict, devices=None) -> Mesh:
+  """A mesh over all (global) devices, ordered by process so each host holds a contiguous block."""
+  devices = list(jax.devices() if devices is None else devices)
+  devices.sort(key=lambda d: (d.process_index, d.id))
+  shape = mesh_shape(mesh_config, len(devices))
+  return Mesh(np.array(devices).reshape(tuple(shape.values())), tuple(shape))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over every mesh axis."""
+  return NamedSharding(mesh, P(mesh.axis_names))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def _param_spec(shape: tuple[int, ...], fsdp_size: int) -> P:
+  if fsdp_size == 1 or math.prod(shape) < MIN_SHARDED_SIZE:
+    return P()
+  for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+    if shape[dim] % fsdp_size == 0:
+      spec = [None] * len(shape)
+      spec[dim] = FSDP_AXIS
+      return P(*spec)
+  return P()
+
+
+def param_shardings(mesh: Mesh, abstract_tree: Any) -> Any:
+  """NamedShardings for a pytree of parameter-like arrays (params, EMA, optimizer moments)."""
+  fsdp_size = dict(zip(mesh.axis_names, mesh.devices.shape)).get(FSDP_AXIS, 1)
+  return jax.tree.map(lambda x: NamedSharding(mesh, _param_spec(tuple(x.shape), fsdp_size)),
+                      abstract_tree)

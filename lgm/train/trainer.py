@@ -1,0 +1,192 @@
+"""The one trainer: any task of `lgm.tasks`, any mesh, one or many processes.
+
+`train_and_evaluate(config, workdir)` trains, evaluates every `config.eval.every` steps, writes
+sample grids, checkpoints every `config.train.checkpoint_every` steps (and on SIGTERM), and resumes
+from the latest checkpoint of `workdir` with the same data order and random numbers.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+from absl import logging
+from jax.experimental import multihost_utils
+
+from lgm import images as image_lib
+from lgm import tasks
+from lgm.data import loader as loader_lib
+from lgm.train import mesh as mesh_lib
+from lgm.train import metrics as metrics_lib
+from lgm.train import state as state_lib
+from lgm.train import workdir as workdir_lib
+
+EVAL_SEED_SALT = 0xE7A1
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def check_batch_size(batch_size: int, num_devices: int, what: str = 'train.batch_size') -> None:
+  if batch_size % num_devices:
+    raise ValueError(f'config.{what}={batch_size} is not divisible by the {num_devices} devices; '
+                     f'use a multiple of {num_devices}.')
+
+
+def global_batches(loader: loader_lib.Loader, mesh, start_step: int = 0,
+                   num_steps: int | None = None) -> Iterator[dict[str, jax.Array]]:
+  """Process-local numpy batches -> global arrays sharded over the batch axis."""
+  sharding = mesh_lib.batch_sharding(mesh)
+  for batch in loader.batches(start_step, num_steps):
+    yield {k: jax.make_array_from_process_local_data(sharding, v)
+           for k, v in loader_lib.device_fields(batch).items()}
+
+
+def evaluate(task: Any, params: Any, eval_loader: loader_lib.Loader, mesh, seed: int,
+             eval_step=None) -> dict[str, float]:
+  """Mean of the task's metrics over one ordered pass of the eval split (a fixed noise key per batch)."""
+  eval_step = eval_step or jax.jit(task.evaluate)
+  base = jax.random.fold_in(jax.random.PRNGKey(seed), EVAL_SEED_SALT)
+  totals: dict[str, float] = {}
+  num = 0
+  for i, batch in enumerate(global_batches(eval_loader, mesh)):
+    for name, value in eval_step(params, batch, jax.random.fold_in(base, i)).items():
+      totals[name] = totals.get(name, 0.0) + float(value)
+    num += 1
+  return {f'eval/{name}': total / num for name, total in totals.items()}
+
+
+def write_sample_grids(task: Any, params: Any, batch: dict, workdir: str, step: int, seed: int) -> list[str]:
+  """The task's image grids for this step, as DIR/samples/<name>_<step>.png (process 0 writes)."""
+  grids = task.images(params, batch, jax.random.fold_in(jax.random.PRNGKey(seed), step))
+  grids = multihost_utils.process_allgather(grids, tiled=True)
+  if jax.process_index() != 0:
+    return []
+  return [image_lib.save_grid(f'{workdir}/samples/{name}_{step:06d}.png', np.asarray(images), upscale=2)
+          for name, images in grids.items()]
+
+
+class _Stopper:
+  """Turns SIGTERM into a request to checkpoint and stop at the end of the current step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    logging.warning('SIGTERM: saving a checkpoint at the end of this step, then stopping.')
+    self.requested = True
+
+  def restore(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_workdir(config: ml_collections.ConfigDict, workdir: str, has_checkpoint: bool) -> None:
+  """Refuse to resume from checkpoints that another config wrote (before anything is written)."""
+  try:
+    old = workdir_lib.read_config(workdir)
+  except FileNotFoundError:
+    return
+  if not has_checkpoint:
+    return
+  diffs = workdir_lib.config_differences(old, config)
+  if diffs:
+    raise ValueError(f'{workdir} holds checkpoints of another config ({"; ".join(diffs[:4])}'
+                     f'{"; ..." if len(diffs) > 4 else ""}); use a new --workdir, or the config it was trained with.')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Train `config.task` into `workdir` (resuming if it holds a checkpoint); returns the final metrics."""
+  mesh = mesh_lib.make_mesh(config.mesh)
+  check_batch_size(config.train.batch_size, mesh.size)
+  check_batch_size(config.eval.batch_size, mesh.size, 'eval.batch_size')
+  task = tasks.get_task(config)
+  proc, nproc = jax.process_index(), jax.process_count()
+  train_loader = loader_lib.make_loader(config, config.data.train_split, train=True,
+                                        process_index=proc, process_count=nproc)
+  eval_loader = loader_lib.make_loader(config, config.data.eval_split, train=False, process_index=proc,
+                                       process_count=nproc, batch_size=config.eval.batch_size,
+                                       max_examples=config.eval.num_examples)
+  manager = workdir_lib.checkpoint_manager(workdir, config.train.keep_checkpoints)
+  latest = manager.latest_step()
+  _check_workdir(config, workdir, latest is not None)
+  if proc == 0:
+    workdir_lib.write_config(workdir, config)
+
+  tx, schedule = state_lib.make_optimizer(config)
+  state, shardings = state_lib.create_train_state(task.init, tx, config.seed, mesh)
+  start_step = 0
+  if latest is not None:
+    state, meta = workdir_lib.restore(manager, latest, workdir_lib.abstract_like(state, shardings))
+    start_step = int(meta['data']['next_step'])
+    logging.info('Resumed from the checkpoint of step %d in %s.', latest, workdir)
+  train_step = state_lib.make_train_step(task.loss, tx, schedule, config.train.ema_decay, mesh, shardings)
+  eval_step = jax.jit(task.evaluate)
+  writer = metrics_lib.MetricsWriter(workdir, resume_step=start_step)
+  num_steps = config.train.num_steps
+  eval_params = (lambda s: s.ema_params) if config.eval.use_ema else (lambda s: s.params)
+
+  def save(step: int, last_loss: float) -> None:
+    if not np.isfinite(last_loss):
+      raise NonFiniteLossError(
+          f'loss is {last_loss} at step {step}: stopped without saving; the last good checkpoint '
+          f'(step {manager.latest_step()}) is intact in {workdir_lib.checkpoint_dir(workdir)}. '
+          'Lower optim.learning_rate or use train.compute_dtype=float32.')
+    workdir_lib.save(manager, step, state, {'step': step, 'data': {'next_step': step, 'seed': config.seed}})
+
+  stopper = _Stopper()
+  bar = tqdm.tqdm(total=num_steps, initial=start_step, disable=proc != 0, unit='step', dynamic_ncols=True)
+  pending: list[dict] = []
+  last_eval: dict[str, float] = {}
+  train_seconds, window_start = 0.0, time.perf_counter()
+  step = start_step
+  try:
+    for batch in global_batches(train_loader, mesh, start_step, num_steps - start_step):
+      state, metrics = train_step(state, batch)
+      pending.append(metrics)
+      step += 1
+      bar.update(1)
+      log_now = step % config.train.log_every == 0 or step == num_steps
+      eval_now = step % config.eval.every == 0 or step == num_steps
+      save_now = step % config.train.checkpoint_every == 0 or step == num_steps or stopper.requested
+      if not (log_now or eval_now or save_now):
+        continue
+      means = {k: float(np.mean([m[k] for m in pending])) for k in pending[0]}
+      train_seconds += time.perf_counter() - window_start
+      if not np.isfinite(means['loss']):
+        save(step, means['loss'])  # raises: never checkpoint a diverged state
+      if log_now:
+        throughput = len(pending) * config.train.batch_size / train_seconds
+        writer.write(step, {**{f'train/{k}': v for k, v in means.items()},
+                            'train/images_per_sec': throughput})
+        bar.set_postfix(loss=f'{means["loss"]:.4g}', img_s=f'{throughput:.1f}')
+        pending, train_seconds = [], 0.0
+      if eval_now:
+        last_eval = evaluate(task, eval_params(state), eval_loader, mesh, config.seed, eval_step)
+        writer.write(step, last_eval)
+        bar.write(f'step {step}: ' + ', '.join(f'{k}={v:.4g}' for k, v in last_eval.items()))
+        write_sample_grids(task, eval_params(state), batch, workdir, step, config.seed)
+      if save_now:
+        save(step, means['loss'])
+      window_start = time.perf_counter()
+      if stopper.requested:
+        logging.warning('Stopped by SIGTERM after the checkpoint of step %d.', step)
+        break
+  finally:
+    bar.close()
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+    stopper.restore()
+  return last_eval
