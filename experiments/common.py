@@ -7,7 +7,9 @@ import runpy
 import sys
 from typing import Callable, Sequence
 
-from absl import app
+import logging as pylogging
+
+from absl import app, logging
 
 # Errors that mean "the input is wrong": printed as one line, no traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, FloatingPointError)
@@ -60,8 +62,17 @@ def check_config_overrides(argv: Sequence[str]) -> None:
       node, path = node[part], path + [part]
 
 
+class _QuietLibraries(pylogging.Filter):
+  """Drops the INFO chatter of orbax, grain and tfds (every checkpoint logs ~30 lines); warnings pass."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    chatty = any(f'/{name}/' in record.pathname for name in ('orbax', 'grain', 'tensorflow_datasets'))
+    return record.levelno >= pylogging.WARNING or not chatty
+
+
 def run(main: Callable) -> None:
   """absl's app.run, with input errors reported as a single line and exit status 2."""
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
     check_config_overrides(sys.argv[1:])
   except USER_ERRORS as e:

@@ -77,7 +77,7 @@ def _mid(h: jnp.ndarray, attention: bool, dropout: float, dtype: Dtype, train: b
 
 
 class Autoencoder(nn.Module):
-  """Deterministic autoencoder. `log_scale` is the decoder's learned observation noise (see losses)."""
+  """Deterministic autoencoder. `log_scale` is the decoder's learned observation noise (see lgm.losses)."""
   image_channels: int = 3
   latent_channels: int = 4
   ch: int = 32
@@ -86,6 +86,7 @@ class Autoencoder(nn.Module):
   space_to_depth: int = 2
   mid_attention: bool = False
   dropout: float = 0.0
+  init_log_scale: float = -2.0  # decoder noise starts at 0.14 (of the [-1, 1] range): reconstruction leads early
   dtype: Dtype = jnp.float32
 
   #: How many encoder output channels each latent channel needs (2 for a Gaussian's mean and log-variance).
@@ -97,7 +98,7 @@ class Autoencoder(nn.Module):
                   dropout=self.dropout, dtype=self.dtype)
     self.encoder = Encoder(self.latent_channels * self.moments_per_channel, **shared)
     self.decoder = Decoder(self.image_channels, **shared)
-    self.log_scale = self.param('log_scale', nn.initializers.zeros, ())
+    self.log_scale = self.param('log_scale', nn.initializers.constant(self.init_log_scale), ())
 
   @property
   def downsampling_factor(self) -> int:

@@ -146,7 +146,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir_lib.save(manager, step, state, {'step': step, 'data': {'next_step': step, 'seed': config.seed}})
 
   stopper = _Stopper()
-  bar = tqdm.tqdm(total=num_steps, initial=start_step, disable=proc != 0, unit='step', dynamic_ncols=True)
+  bar = tqdm.tqdm(total=num_steps, initial=start_step, disable=proc != 0, unit='step', dynamic_ncols=True,
+                  mininterval=2.0)
   pending: list[dict] = []
   last_eval: dict[str, float] = {}
   train_seconds, window_start = 0.0, time.perf_counter()

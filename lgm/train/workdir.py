@@ -90,8 +90,11 @@ class Trained:
   step: int
 
 
-def load_trained(workdir: str, use_ema: bool = True) -> Trained:
-  """The task of DIR/config.json with the (EMA) parameters of the latest checkpoint, on one device."""
+def load_trained(workdir: str, use_ema: bool = True, mesh: jax.sharding.Mesh | None = None) -> Trained:
+  """The task of DIR/config.json with the (EMA) parameters of its latest checkpoint.
+
+  Laid out on `mesh` as in training when given, else on the first device.
+  """
   from lgm import tasks  # deferred: tasks import models, which this module's users may not need
   from lgm.train import state as state_lib
 
@@ -103,9 +106,13 @@ def load_trained(workdir: str, use_ema: bool = True) -> Trained:
     raise FileNotFoundError(f'no checkpoint in {checkpoint_dir(workdir)}; train first '
                             f'(python -m experiments.train --config=... --workdir={workdir}).')
   tx, _ = state_lib.make_optimizer(config)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   init = state_lib.state_initializer(task.init, tx)
   abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
-  state, _ = restore(manager, step, abstract_like(abstract, jax.tree.map(lambda _: device, abstract)))
+  if mesh is None:
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shardings = jax.tree.map(lambda _: device, abstract)
+  else:
+    shardings = state_lib.state_shardings(mesh, abstract)
+  state, _ = restore(manager, step, abstract_like(abstract, shardings))
   manager.close()
   return Trained(config=config, task=task, params=state.ema_params if use_ema else state.params, step=step)

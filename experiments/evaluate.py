@@ -1,0 +1,41 @@
+"""Evaluate the latest checkpoint of a work directory; appends `eval/...` to DIR/metrics.jsonl.
+
+python -m experiments.evaluate --workdir=runs/vae_shapes [--num_samples=2000]
+"""
+
+import sys
+
+from absl import app, flags
+
+from experiments import common
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Work directory of a trained run.')
+_NUM_SAMPLES = flags.DEFINE_integer('num_samples', None,
+                                    'Held-out examples (or generated samples) to measure; default config.eval.num_examples.')
+flags.mark_flags_as_required(['workdir'])
+
+
+def main(argv):
+  del argv
+  common.initialize_distributed()
+  import jax
+
+  from lgm.data import loader as loader_lib
+  from lgm.train import mesh as mesh_lib, metrics as metrics_lib, trainer, workdir as workdir_lib
+
+  config = workdir_lib.read_config(_WORKDIR.value)
+  mesh = mesh_lib.make_mesh(config.mesh)
+  trained = workdir_lib.load_trained(_WORKDIR.value, use_ema=config.eval.use_ema, mesh=mesh)
+  eval_loader = loader_lib.make_loader(
+      config, config.data.eval_split, train=False, process_index=jax.process_index(),
+      process_count=jax.process_count(), batch_size=config.eval.batch_size,
+      max_examples=_NUM_SAMPLES.value or config.eval.num_examples)
+  results = trainer.evaluate(trained.task, trained.params, eval_loader, mesh, config.seed)
+  writer = metrics_lib.MetricsWriter(_WORKDIR.value, resume_step=sys.maxsize)
+  writer.write(trained.step, results)
+  writer.close()
+  print(f'step {trained.step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in results.items()))
+
+
+if __name__ == '__main__':
+  common.run(main)

@@ -1,0 +1,163 @@
+"""`folder:PATH`: the user's own images, found recursively.
+
+- Images: files with an extension in IMAGE_EXTENSIONS (any case); hidden files and folders
+  (name starting with '.') are ignored. Every file is decoded once when the source is indexed;
+  unreadable ones are skipped and counted in the log, so a run never meets them later.
+- Caption: from a `metadata.jsonl` (Hugging Face imagefolder convention: lines
+  `{"file_name": ..., "text": ...}`, file_name relative to the folder holding that
+  metadata.jsonl; any folder of the tree may have one), else a sidecar `NAME.txt` next to
+  `NAME.ext`, else ''.
+- Label: the name of the image's parent folder; `label_names` are the sorted distinct names,
+  and images directly in PATH get the class '' (so a flat folder is one class, '').
+- Split: an image is in `test` when a salted hash of its relative path falls under
+  TEST_FRACTION, so adding files never moves the others; if none falls there, the image with
+  the smallest hash is held out (a folder of a single image serves it as both splits).
+- Records: the image at native size as uint8 HxWx3 RGB (EXIF orientation applied; palette and
+  greyscale converted; transparency composited on white; 16-bit greyscale scaled to 8 bits).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import os
+
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+from absl import logging
+
+from lgm.data.sources import SourceInfo
+from lgm.data.transforms import composite_on_white
+
+IMAGE_EXTENSIONS = frozenset(
+    {'.png', '.jpg', '.jpeg', '.webp', '.bmp', '.gif', '.tif', '.tiff', '.ppm', '.pgm'})
+METADATA_FILE = 'metadata.jsonl'
+TEST_FRACTION = 0.05
+_SPLIT_SALT = 'lgm-folder-split'
+SPLITS = ('train', 'test')
+
+
+def load_rgb(path: str) -> np.ndarray:
+  """Decodes an image file to uint8 HxWx3 RGB (see the module docstring for the conversions)."""
+  with PIL.Image.open(path) as image:
+    image = PIL.ImageOps.exif_transpose(image)
+    if image.mode in ('I', 'I;16', 'I;16B', 'I;16L'):  # 16-bit greyscale
+      grey = np.round(np.asarray(image, np.float32) / 257).clip(0, 255).astype(np.uint8)
+      return np.repeat(grey[..., None], 3, axis=-1)
+    if image.has_transparency_data:
+      return composite_on_white(np.asarray(image.convert('RGBA')))
+    return np.asarray(image.convert('RGB'))
+
+
+def _is_readable(path: str) -> bool:
+  try:
+    with PIL.Image.open(path) as image:
+      image.load()
+    return True
+  except Exception:  # PIL raises many types (OSError, SyntaxError, ValueError, bomb errors).
+    return False
+
+
+def _image_paths(root: str) -> list[str]:
+  paths = []
+  for folder, subfolders, files in os.walk(root):
+    subfolders[:] = sorted(d for d in subfolders if not d.startswith('.'))
+    paths += [os.path.join(folder, f) for f in sorted(files)
+              if not f.startswith('.') and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+  return paths
+
+
+def _metadata_captions(root: str) -> dict[str, str]:
+  """Absolute image path -> caption, from every metadata.jsonl under root."""
+  captions, bad_lines = {}, 0
+  for folder, subfolders, files in os.walk(root):
+    subfolders[:] = [d for d in subfolders if not d.startswith('.')]
+    if METADATA_FILE not in files:
+      continue
+    with open(os.path.join(folder, METADATA_FILE), encoding='utf-8') as f:
+      for line in filter(str.strip, f):
+        try:
+          entry = json.loads(line)
+          captions[os.path.normpath(os.path.join(folder, entry['file_name']))] = str(entry['text'])
+        except (ValueError, KeyError, TypeError):
+          bad_lines += 1
+  if bad_lines:
+    logging.warning('folder:%s: ignored %d %s line(s) without JSON "file_name" and "text"',
+                    root, bad_lines, METADATA_FILE)
+  return captions
+
+
+def _sidecar_caption(path: str) -> str:
+  sidecar = os.path.splitext(path)[0] + '.txt'
+  if not os.path.isfile(sidecar):
+    return ''
+  with open(sidecar, encoding='utf-8') as f:
+    return f.read().strip()
+
+
+def _split_hash(relative_path: str) -> float:
+  digest = hashlib.sha256(f'{_SPLIT_SALT}:{relative_path}'.encode()).digest()
+  return int.from_bytes(digest[:8], 'big') / 2**64
+
+
+def _test_mask(relative_paths: list[str]) -> np.ndarray:
+  hashes = np.array([_split_hash(p) for p in relative_paths])
+  mask = hashes < TEST_FRACTION
+  if not mask.any():
+    mask[np.argmin(hashes)] = True
+  return mask
+
+
+class FolderSource:
+  """Records {'image', 'label', 'caption'} of the images under `root` (see module docstring)."""
+
+  def __init__(self, root: str, split: str):
+    if split not in SPLITS:
+      raise ValueError(f'folder:{root} has no split {split!r}; valid splits: {list(SPLITS)}')
+    self.root = os.path.abspath(os.path.expanduser(root))
+    if not os.path.isdir(self.root):
+      raise ValueError(f'folder:{root}: no such directory; set the dataset to folder:PATH '
+                       'with PATH a directory of images.')
+    candidates = _image_paths(self.root)
+    workers = min(32, (os.cpu_count() or 1) + 4)
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+      readable = list(pool.map(_is_readable, candidates))
+    paths = [p for p, ok in zip(candidates, readable) if ok]
+    skipped = len(candidates) - len(paths)
+    if skipped:
+      examples = [os.path.relpath(p, self.root) for p, ok in zip(candidates, readable) if not ok]
+      logging.warning('folder:%s: skipped %d unreadable image file(s), e.g. %s',
+                      self.root, skipped, examples[:3])
+    if not paths:
+      raise ValueError(
+          f'folder:{root}: no readable images ({", ".join(sorted(IMAGE_EXTENSIONS))}) found '
+          f'recursively ({skipped} unreadable); add image files or point folder:PATH elsewhere.')
+
+    relative = [os.path.relpath(p, self.root).replace(os.sep, '/') for p in paths]
+    parents = [os.path.basename(os.path.dirname(r)) for r in relative]
+    label_names = tuple(sorted(set(parents)))
+    metadata = _metadata_captions(self.root)
+    captions = [metadata[p] if p in metadata else _sidecar_caption(p) for p in paths]
+    in_test = _test_mask(relative)
+    keep = in_test if split == 'test' else ~in_test
+    if len(paths) == 1:  # A single image serves both splits.
+      keep = np.ones(1, bool)
+
+    label_of = {name: i for i, name in enumerate(label_names)}
+    self.paths = [p for p, k in zip(paths, keep) if k]
+    self._labels = [label_of[d] for d, k in zip(parents, keep) if k]
+    self._captions = [c for c, k in zip(captions, keep) if k]
+    logging.info('folder:%s: %d of %d readable images in split %r, %d classes',
+                 self.root, len(self.paths), len(paths), split, len(label_names))
+    self.info = SourceInfo(
+        name=f'folder:{self.root}', num_examples=len(self.paths), label_names=label_names,
+        attributes={}, has_captions=any(captions))
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def __getitem__(self, index: int) -> dict:
+    return {'image': load_rgb(self.paths[index]), 'label': self._labels[index],
+            'caption': self._captions[index]}

@@ -1,0 +1,53 @@
+"""Sizes and costs of a config's model, without training it (experiments.inspect, benchmarks)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from lgm import tasks
+
+
+def parameter_table(params) -> list[tuple[str, tuple[int, ...], int]]:
+  """(path, shape, count) for every parameter array, in tree order."""
+  rows = []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    rows.append(('/'.join(str(getattr(k, 'key', k)) for k in path), tuple(leaf.shape), int(np.prod(leaf.shape))))
+  return rows
+
+
+def compiled_flops(fn, *args) -> float:
+  """FLOPs XLA counts in the compiled `fn(*args)` (0 where the backend gives no count)."""
+  analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
+  if isinstance(analysis, list):  # older jax returned one dict per device program
+    analysis = analysis[0]
+  return float((analysis or {}).get('flops', 0.0))
+
+
+def dummy_batch(task, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+  """The shapes of a training batch, for compiling without data."""
+  return {'image': jax.ShapeDtypeStruct((batch_size, *task.image_shape), jnp.float32),
+          'label': jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+
+
+def loss_flops(task, params, batch_size: int, with_gradient: bool) -> float:
+  """FLOPs of one loss evaluation on a batch, or of loss + gradient (optimizer update excluded)."""
+  fn = lambda p, b, r: task.loss(p, b, r, with_gradient)[0]
+  if with_gradient:
+    fn = jax.grad(fn)
+  return compiled_flops(fn, params, dummy_batch(task, batch_size), jax.random.PRNGKey(0))
+
+
+def report(config: ml_collections.ConfigDict) -> str:
+  """The text experiments.inspect prints; its last line is `params: N`, preceded by FLOPs where known."""
+  task = tasks.get_task(config)
+  params = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+  rows = parameter_table(params)
+  width = max(len(r[0]) for r in rows)
+  lines = [f'{"parameter".ljust(width)}  {"shape":>20}  {"count":>10}']
+  lines += [f'{path.ljust(width)}  {str(shape):>20}  {count:>10,}' for path, shape, count in rows]
+  lines.append(f'flops_per_example: {loss_flops(task, params, 1, with_gradient=False):.4g}')
+  lines.append(f'params: {sum(r[2] for r in rows)}')
+  return '\n'.join(lines)
