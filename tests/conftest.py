@@ -1,6 +1,56 @@
 """pytest on CPU JAX with 8 simulated devices (set before JAX is imported anywhere)."""
 
 import os
+import tempfile
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# Identical programs (the same tiny run in-process and in subprocesses) compile once per session.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='lgm_jax_cache_'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
+
+import pytest  # noqa: E402
+
+
+def make_tiny_config(**overrides):
+  """vae_digits shrunk to seconds: 8x8 grey digits, an 8-channel network, 40 steps of batch 16."""
+  from configs import vae_digits
+  config = vae_digits.get_config()
+  config.data.image_size = 8
+  config.model.ch = 8
+  config.model.latent_channels = 2
+  config.train.batch_size = 16
+  config.train.num_steps = 40
+  config.train.log_every = 1
+  config.train.checkpoint_every = 10
+  config.train.ema_decay = 0.9
+  config.optim.learning_rate = 3e-3
+  config.optim.warmup_steps = 5
+  config.eval.every = 20
+  config.eval.batch_size = 16
+  config.eval.num_examples = 64
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+def tiny_overrides(config) -> list[str]:
+  """The --config.KEY=VALUE flags that turn configs/vae_digits.py into `config` (for subprocess runs)."""
+  from configs import vae_digits
+  from lgm.train import workdir
+  flat_new = workdir._flatten(config.to_dict())
+  flat_old = workdir._flatten(vae_digits.get_config().to_dict())
+  return [f'--config.{k}={v}' for k, v in flat_new.items() if flat_old.get(k) != v]
+
+
+@pytest.fixture(scope='session')
+def trained_workdir(tmp_path_factory):
+  """One tiny VAE trained on all 8 devices, shared by the tests that only read a finished run."""
+  from lgm.train import trainer
+  workdir = str(tmp_path_factory.mktemp('trained'))
+  trainer.train_and_evaluate(make_tiny_config(), workdir)
+  return workdir

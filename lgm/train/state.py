@@ -84,7 +84,7 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedul
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema_params = optax.incremental_update(params, state.ema_params, 1.0 - ema_decay)
-    metrics = {**metrics, 'loss': loss, 'grad_norm': optax.global_norm(grads),
+    metrics = {**metrics, 'loss': loss, 'grad_norm': optax.tree.norm(grads),
                'learning_rate': schedule(state.step)}
     new_state = state.replace(step=state.step + 1, params=params, ema_params=ema_params,
                               opt_state=opt_state)

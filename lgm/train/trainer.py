@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -64,9 +64,9 @@ def evaluate(task: Any, params: Any, eval_loader: loader_lib.Loader, mesh, seed:
   return {f'eval/{name}': total / num for name, total in totals.items()}
 
 
-def write_sample_grids(task: Any, params: Any, batch: dict, workdir: str, step: int, seed: int) -> list[str]:
-  """The task's image grids for this step, as DIR/samples/<name>_<step>.png (process 0 writes)."""
-  grids = task.images(params, batch, jax.random.fold_in(jax.random.PRNGKey(seed), step))
+def write_sample_grids(images_fn: Any, params: Any, batch: dict, workdir: str, step: int, seed: int) -> list[str]:
+  """`images_fn`'s grids for this step (a jitted task.images), as DIR/samples/<name>_<step>.png."""
+  grids = images_fn(params, batch, jax.random.fold_in(jax.random.PRNGKey(seed), step))
   grids = multihost_utils.process_allgather(grids, tiled=True)
   if jax.process_index() != 0:
     return []
@@ -106,9 +106,13 @@ def _check_workdir(config: ml_collections.ConfigDict, workdir: str, has_checkpoi
                      f'{"; ..." if len(diffs) > 4 else ""}); use a new --workdir, or the config it was trained with.')
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Train `config.task` into `workdir` (resuming if it holds a checkpoint); returns the final metrics."""
-  mesh = mesh_lib.make_mesh(config.mesh)
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       devices: Sequence[jax.Device] | None = None) -> dict[str, float]:
+  """Train `config.task` into `workdir` (resuming if it holds a checkpoint); returns the final metrics.
+
+  `devices` restricts the mesh to some of the devices (default: all of them, on every process).
+  """
+  mesh = mesh_lib.make_mesh(config.mesh, devices)
   check_batch_size(config.train.batch_size, mesh.size)
   check_batch_size(config.eval.batch_size, mesh.size, 'eval.batch_size')
   task = tasks.get_task(config)
@@ -133,6 +137,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info('Resumed from the checkpoint of step %d in %s.', latest, workdir)
   train_step = state_lib.make_train_step(task.loss, tx, schedule, config.train.ema_decay, mesh, shardings)
   eval_step = jax.jit(task.evaluate)
+  images_fn = jax.jit(task.images)
   writer = metrics_lib.MetricsWriter(workdir, resume_step=start_step)
   num_steps = config.train.num_steps
   eval_params = (lambda s: s.ema_params) if config.eval.use_ema else (lambda s: s.params)
@@ -177,7 +182,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         last_eval = evaluate(task, eval_params(state), eval_loader, mesh, config.seed, eval_step)
         writer.write(step, last_eval)
         bar.write(f'step {step}: ' + ', '.join(f'{k}={v:.4g}' for k, v in last_eval.items()))
-        write_sample_grids(task, eval_params(state), batch, workdir, step, config.seed)
+        write_sample_grids(images_fn, eval_params(state), batch, workdir, step, config.seed)
       if save_now:
         save(step, means['loss'])
       window_start = time.perf_counter()
