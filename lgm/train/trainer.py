@@ -181,7 +181,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if eval_now:
         last_eval = evaluate(task, eval_params(state), eval_loader, mesh, config.seed, eval_step)
         writer.write(step, last_eval)
-        bar.write(f'step {step}: ' + ', '.join(f'{k}={v:.4g}' for k, v in last_eval.items()))
+        if proc == 0:
+          bar.write(f'step {step}: ' + ', '.join(f'{k}={v:.4g}' for k, v in last_eval.items()))
         write_sample_grids(images_fn, eval_params(state), batch, workdir, step, config.seed)
       if save_now:
         save(step, means['loss'])

@@ -1,0 +1,72 @@
+"""The entry points on a finished tiny run: evaluate, explore, inspect, and their input errors."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import PIL.Image
+import pytest
+
+from experiments import common
+from lgm.train import metrics as metrics_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_module(*args):
+  return subprocess.run([sys.executable, '-m', *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_evaluate_reproduces_the_final_training_evaluation(trained_workdir, tmp_path):
+  workdir = str(tmp_path / 'copy')
+  shutil.copytree(trained_workdir, workdir)
+  result = run_module('experiments.evaluate', f'--workdir={workdir}')
+  assert result.returncode == 0, result.stderr[-2000:]
+  records = metrics_lib.read_metrics(workdir)
+  during_training = [r for r in records if 'eval/psnr' in r][-2]
+  appended = records[-1]
+  assert appended['step'] == during_training['step'] == 40
+  for key in ('eval/psnr', 'eval/elbo_nats', 'eval/bpd'):
+    np.testing.assert_allclose(appended[key], during_training[key], rtol=1e-5, err_msg=key)
+  assert 'eval/psnr=' in result.stdout
+
+
+def test_explore_writes_the_four_figures(trained_workdir):
+  from experiments import explore
+  paths = explore.explore(trained_workdir, num=16, max_examples=200)
+  assert set(paths) == {'semantic_map', 'interpolation', 'prior_samples', 'neighbours'}
+  for path in paths.values():
+    assert path.startswith(os.path.join(trained_workdir, 'samples'))
+    with PIL.Image.open(path) as image:
+      assert min(image.size) > 50
+
+
+def test_inspect_prints_the_true_parameter_count():
+  from configs import vae_shapes
+  from lgm import tasks
+  result = run_module('experiments.inspect', '--config=configs/vae_shapes.py')
+  assert result.returncode == 0, result.stderr[-2000:]
+  lines = result.stdout.strip().splitlines()
+  params = jax.eval_shape(tasks.get_task(vae_shapes.get_config()).init, jax.random.PRNGKey(0))
+  assert lines[-1] == f'params: {sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))}'
+  assert float(lines[-2].split(': ')[1]) > 1e7  # flops_per_example
+
+
+def test_unknown_config_key_names_the_valid_keys():
+  with pytest.raises(KeyError, match="unknown config key 'model.chanels'; valid keys at model: ch, ch_mult"):
+    common.check_config_overrides(['--config=configs/vae_shapes.py', '--config.model.chanels=3'])
+  common.check_config_overrides(['--config=configs/vae_shapes.py', '--config.model.ch=16'])
+
+
+def test_cli_errors_are_one_line_and_write_nothing(tmp_path):
+  workdir = tmp_path / 'w'
+  result = run_module('experiments.train', '--config=configs/vae_digits.py', f'--workdir={workdir}',
+                      '--config.train.batch_size=12', '--config.mesh.data=-1')
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith('error: config.train.batch_size=12 is not divisible')
+  assert not workdir.exists()
+  result = run_module('experiments.evaluate', f'--workdir={tmp_path}/nothing')
+  assert result.returncode == 2 and 'not an lgm work directory' in result.stderr
