@@ -10,7 +10,7 @@
 # process 0's output goes to the terminal, the others' to WORKDIR/logs/process_I.log.
 set -euo pipefail
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 1 ] || usage
 mode=$1; shift
 
@@ -23,6 +23,7 @@ case "$mode" in
   procs)
     [ $# -ge 3 ] || usage
     n=$1 config=$2 workdir=$3; shift 3
+    [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "launch.sh: N must be a positive integer, got '$n'" >&2; exit 2; }
     port=${LGM_PORT:-$((20000 + RANDOM % 20000))}
     mkdir -p "$workdir/logs"
     export LGM_COORDINATOR="127.0.0.1:$port" LGM_NUM_PROCESSES="$n" JAX_PLATFORMS=cpu
@@ -39,7 +40,13 @@ case "$mode" in
       pids+=($!)
     done
     status=0
-    for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+    for ((k = 0; k < n; k++)); do  # fail fast: one dead process would leave the others waiting in collectives
+      if ! wait -n; then
+        [ $status -ne 0 ] || echo "launch.sh: a process failed; stopping the others (logs: $workdir/logs/)" >&2
+        status=1
+        kill "${pids[@]}" 2>/dev/null || true
+      fi
+    done
     exit $status
     ;;
   tpu)
@@ -52,7 +59,7 @@ case "$mode" in
     gcloud compute tpus tpu-vm ssh "$tpu" --zone="$zone" --worker=all --command="
       set -e; mkdir -p ~/lgm && tar -C ~/lgm -xzf /tmp/lgm_code.tgz && cd ~/lgm &&
       pip install -q -e . 'jax[tpu]==0.10.2' &&
-      LGM_DISTRIBUTED=auto python -m experiments.train --config=$config --workdir=$workdir$args"
+      LGM_DISTRIBUTED=auto python -m experiments.train --config=$(printf %q "$config") --workdir=$(printf %q "$workdir")$args"
     ;;
   *) usage ;;
 esac

@@ -25,7 +25,8 @@ def main(argv):
 
   config = workdir_lib.read_config(_WORKDIR.value)
   mesh = mesh_lib.make_mesh(config.mesh)
-  trained = workdir_lib.load_trained(_WORKDIR.value, use_ema=config.eval.use_ema, mesh=mesh)
+  trainer.check_batch_size(config.eval.batch_size, mesh.size, 'eval.batch_size')
+  trained = workdir_lib.load_trained(_WORKDIR.value, mesh=mesh)
   eval_loader = loader_lib.make_loader(
       config, config.data.eval_split, train=False, process_index=jax.process_index(),
       process_count=jax.process_count(), batch_size=config.eval.batch_size,

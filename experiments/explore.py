@@ -18,7 +18,9 @@ import functools
 import os
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
+
+from experiments import common
 
 from lgm import semantic
 from lgm.data import load_arrays
@@ -137,4 +139,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['workdir'])
-  app.run(main)
+  common.run(main)

@@ -25,13 +25,14 @@ def _log_normal_mass(lo: jnp.ndarray, hi: jnp.ndarray) -> jnp.ndarray:
   """log(Phi(hi) - Phi(lo)) for lo < hi, accurate in both tails.
 
   Both ends are reflected into the lower tail (Phi(hi) - Phi(lo) = Phi(-lo) - Phi(-hi)) where that
-  side is the smaller one, then log Phi(b) + log(1 - exp(log Phi(a) - log Phi(b))).
+  side is the smaller one, then log Phi(b) + log(1 - exp(log Phi(a) - log Phi(b))) through expm1,
+  which keeps its digits when the two ends are close.
   """
   flip = lo > 0
   a = jnp.where(flip, -hi, lo)
   b = jnp.where(flip, -lo, hi)
   log_b, log_a = log_ndtr(b), log_ndtr(a)
-  return log_b + jnp.log1p(-jnp.exp(jnp.minimum(log_a - log_b, -1e-12)))
+  return log_b + jnp.log(-jnp.expm1(jnp.minimum(log_a - log_b, -1e-30)))
 
 
 def quantize(x: jnp.ndarray) -> jnp.ndarray:

@@ -96,6 +96,23 @@ def test_sigkill_after_a_checkpoint_then_resume_equals_an_uninterrupted_run(trai
       np.testing.assert_allclose(got[key], want[key], rtol=1e-6, err_msg=f'{key} at step {want["step"]}')
 
 
+def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(trained_workdir, tmp_path):
+  config = make_tiny_config()
+  workdir = str(tmp_path / 'terminated')
+  proc = _train_cli(workdir, config)
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.isdir(checkpoints) and any(d.isdigit() for d in os.listdir(checkpoints)):
+      break
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=120) == 0, proc.stderr.read()[-2000:]
+  last_logged = max(r['step'] for r in metrics_lib.read_metrics(workdir))
+  saved = max(int(d) for d in os.listdir(checkpoints) if d.isdigit())
+  assert saved == last_logged < config.train.num_steps
+
+
 def _digest(workdir):
   h = hashlib.sha256()
   for root, _, files in sorted(os.walk(workdir)):
@@ -120,6 +137,17 @@ def test_only_keys_that_change_what_is_learned_block_a_resume():
   other = make_tiny_config(**{'optim.learning_rate': 1e-2, 'data.dataset': 'shapes'})
   assert workdir_lib.config_differences(old, other) == ['data.dataset: digits -> shapes',
                                                         'optim.learning_rate: 0.003 -> 0.01']
+
+
+def test_running_a_finished_run_again_changes_nothing(trained_workdir, tmp_path):
+  import shutil
+  workdir = str(tmp_path / 'again')
+  shutil.copytree(trained_workdir, workdir)
+  before = metrics_lib.read_metrics(workdir)
+  trainer.train_and_evaluate(make_tiny_config(), workdir)
+  assert metrics_lib.read_metrics(workdir) == before
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == sorted(
+      os.listdir(os.path.join(trained_workdir, 'checkpoints')))
 
 
 def test_batch_size_not_divisible_by_devices_fails_before_writing(tmp_path):

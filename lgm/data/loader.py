@@ -10,6 +10,7 @@ resuming needs nothing but the step number.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Iterator
 
 import grain
@@ -44,10 +45,13 @@ class Loader:
     self.num_examples = len(self.source)
     if self.max_examples is not None:
       self.num_examples = min(self.num_examples, self.max_examples)
+    if self.num_examples < 1:
+      raise ValueError('the split has no examples; check config.data.dataset and the split names.')
     if not self.train and self.num_examples < self.global_batch_size:
       raise ValueError(f'the split has {self.num_examples} examples, fewer than one batch of '
                        f'{self.global_batch_size}; lower the eval batch size.')
     self._permutations: dict[int, np.ndarray] = {}
+    self._lock = threading.Lock()
 
   @property
   def num_eval_batches(self) -> int:
@@ -55,9 +59,13 @@ class Loader:
     return self.num_examples // self.global_batch_size
 
   def _permutation(self, epoch: int) -> np.ndarray:
-    if epoch not in self._permutations:
-      self._permutations = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)}
-    return self._permutations[epoch]
+    with self._lock:  # grain reads batches from several threads; batches may straddle two epochs
+      permutation = self._permutations.get(epoch)
+      if permutation is None:
+        permutation = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+        self._permutations = {e: p for e, p in self._permutations.items() if e >= epoch - 1}
+        self._permutations[epoch] = permutation
+      return permutation
 
   def index_at(self, position: int) -> int:
     """Example index at a position of the stream (train: epoch-wise shuffled; eval: in order)."""
@@ -84,7 +92,10 @@ class Loader:
 
   def batches(self, start_step: int = 0, num_steps: int | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Batches start_step, start_step + 1, ... read ahead by grain threads."""
-    stop = self.num_eval_batches if not self.train else start_step + (num_steps or 2**31 - 1 - start_step)
+    if not self.train:
+      stop = self.num_eval_batches
+    else:
+      stop = start_step + (2**31 - 1 - start_step if num_steps is None else max(num_steps, 0))
     dataset = grain.MapDataset.range(start_step, stop).map(self.read_batch)
     options = grain.ReadOptions(num_threads=self.num_threads, prefetch_buffer_size=2 * self.num_threads)
     return iter(dataset.to_iter_dataset(options))

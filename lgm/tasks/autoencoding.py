@@ -30,7 +30,7 @@ class AutoencoderTask:
     self.is_variational = isinstance(self.model, autoencoder.VAE)
     self.kl_weight = float(config.loss.kl_weight) if self.is_variational else 0.0
     size, channels = config.data.image_size, config.data.channels
-    f = self.model.space_to_depth * 2 ** (len(self.model.ch_mult) - 1)
+    f = self.model.downsampling_factor
     if size % f:
       raise ValueError(f'data.image_size={size} is not divisible by the downsampling factor {f} '
                        '(space_to_depth * 2**(len(ch_mult)-1)); change one of them.')

@@ -23,6 +23,8 @@ MIN_SHARDED_SIZE = 2**12  # smaller parameters stay replicated: splitting them o
 def mesh_shape(mesh_config: ml_collections.ConfigDict | dict, num_devices: int) -> dict[str, int]:
   """Resolve the -1 entry of `config.mesh` against the device count; check the product."""
   shape = dict(mesh_config.items())
+  if any(not isinstance(size, int) or size == 0 or size < -1 for size in shape.values()):
+    raise ValueError(f'config.mesh {shape}: sizes must be positive integers or -1 (the rest).')
   rest = [name for name, size in shape.items() if size == -1]
   if len(rest) > 1:
     raise ValueError(f'config.mesh {shape} has more than one -1 axis; give all but one a size.')

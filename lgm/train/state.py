@@ -83,7 +83,9 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedul
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng, True)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema_params = optax.incremental_update(params, state.ema_params, 1.0 - ema_decay)
+    # Warmed-up decay (as flax and big_vision do): early averages do not drag in the random init.
+    decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
+    ema_params = optax.incremental_update(params, state.ema_params, 1.0 - decay)
     metrics = {**metrics, 'loss': loss, 'grad_norm': optax.tree.norm(grads),
                'learning_rate': schedule(state.step)}
     new_state = state.replace(step=state.step + 1, params=params, ema_params=ema_params,

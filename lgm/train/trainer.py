@@ -142,20 +142,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   num_steps = config.train.num_steps
   eval_params = (lambda s: s.ema_params) if config.eval.use_ema else (lambda s: s.params)
 
-  def save(step: int, last_loss: float) -> None:
-    if not np.isfinite(last_loss):
+  def save(step: int, health: float) -> None:
+    """Checkpoint `step` unless `health` (loss + gradient norm of the last steps) is not finite."""
+    if not np.isfinite(health):
       raise NonFiniteLossError(
-          f'loss is {last_loss} at step {step}: stopped without saving; the last good checkpoint '
+          f'loss is {health} at step {step}: stopped without saving; the last good checkpoint '
           f'(step {manager.latest_step()}) is intact in {workdir_lib.checkpoint_dir(workdir)}. '
           'Lower optim.learning_rate or use train.compute_dtype=float32.')
-    workdir_lib.save(manager, step, state, {'step': step, 'data': {'next_step': step, 'seed': config.seed}})
+    workdir_lib.save(manager, step, state, {'step': step, 'data': {'next_step': step}})
 
   stopper = _Stopper()
   bar = tqdm.tqdm(total=num_steps, initial=start_step, disable=proc != 0, unit='step', dynamic_ncols=True,
                   mininterval=2.0)
   pending: list[dict] = []
   last_eval: dict[str, float] = {}
-  train_seconds, window_start = 0.0, time.perf_counter()
+  train_seconds, window_start, timed_steps = 0.0, time.perf_counter(), 0
   step = start_step
   try:
     for batch in global_batches(train_loader, mesh, start_step, num_steps - start_step):
@@ -163,21 +164,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       pending.append(metrics)
       step += 1
       bar.update(1)
-      log_now = step % config.train.log_every == 0 or step == num_steps
+      if step == start_step + 1:  # the first step compiled the program: time from its end
+        jax.block_until_ready(metrics)
+        window_start, train_seconds, timed_steps = time.perf_counter(), 0.0, 0
+      else:
+        timed_steps += 1
+      stop_now = stopper.requested  # read once: a signal arriving later waits for the next step
+      save_now = step % config.train.checkpoint_every == 0 or step == num_steps or stop_now
+      log_now = step % config.train.log_every == 0 or save_now  # a resumed run never re-logs saved steps
       eval_now = step % config.eval.every == 0 or step == num_steps
-      save_now = step % config.train.checkpoint_every == 0 or step == num_steps or stopper.requested
       if not (log_now or eval_now or save_now):
         continue
       means = {k: float(np.mean([m[k] for m in pending])) for k in pending[0]}
       train_seconds += time.perf_counter() - window_start
-      if not np.isfinite(means['loss']):
-        save(step, means['loss'])  # raises: never checkpoint a diverged state
+      if not (np.isfinite(means['loss']) and np.isfinite(means['grad_norm'])):
+        save(step, means['loss'] + means['grad_norm'])  # raises: never checkpoint a diverged state
       if log_now:
-        throughput = len(pending) * config.train.batch_size / train_seconds
-        writer.write(step, {**{f'train/{k}': v for k, v in means.items()},
-                            'train/images_per_sec': throughput})
-        bar.set_postfix(loss=f'{means["loss"]:.4g}', img_s=f'{throughput:.1f}')
-        pending, train_seconds = [], 0.0
+        logged = {f'train/{k}': v for k, v in means.items()}
+        if timed_steps:
+          logged['train/images_per_sec'] = timed_steps * config.train.batch_size / train_seconds
+          bar.set_postfix(loss=f'{means["loss"]:.4g}', img_s=f'{logged["train/images_per_sec"]:.1f}')
+        writer.write(step, logged)
+        pending, train_seconds, timed_steps = [], 0.0, 0
       if eval_now:
         last_eval = evaluate(task, eval_params(state), eval_loader, mesh, config.seed, eval_step)
         writer.write(step, last_eval)
@@ -185,9 +193,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           bar.write(f'step {step}: ' + ', '.join(f'{k}={v:.4g}' for k, v in last_eval.items()))
         write_sample_grids(images_fn, eval_params(state), batch, workdir, step, config.seed)
       if save_now:
-        save(step, means['loss'])
+        save(step, means['loss'] + means['grad_norm'])
       window_start = time.perf_counter()
-      if stopper.requested:
+      if stop_now:
         logging.warning('Stopped by SIGTERM after the checkpoint of step %d.', step)
         break
   finally:

@@ -90,8 +90,10 @@ class Trained:
   step: int
 
 
-def load_trained(workdir: str, use_ema: bool = True, mesh: jax.sharding.Mesh | None = None) -> Trained:
-  """The task of DIR/config.json with the (EMA) parameters of its latest checkpoint.
+def load_trained(workdir: str, use_ema: bool | None = None, mesh: jax.sharding.Mesh | None = None) -> Trained:
+  """The task of DIR/config.json with the parameters of its latest checkpoint.
+
+  EMA parameters when `use_ema` (default: the run's `config.eval.use_ema`).
 
   Laid out on `mesh` as in training when given, else on the first device.
   """
@@ -115,4 +117,5 @@ def load_trained(workdir: str, use_ema: bool = True, mesh: jax.sharding.Mesh | N
     shardings = state_lib.state_shardings(mesh, abstract)
   state, _ = restore(manager, step, abstract_like(abstract, shardings))
   manager.close()
+  use_ema = config.eval.use_ema if use_ema is None else use_ema
   return Trained(config=config, task=task, params=state.ema_params if use_ema else state.params, step=step)

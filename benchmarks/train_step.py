@@ -1,0 +1,78 @@
+"""Train-step throughput of a config, and its achieved FLOP/s as a fraction of this machine's matmul peak.
+
+python -m benchmarks.train_step --config=configs/vae_shapes.py [--steps=30]
+
+The peak is measured here, not quoted: the best f32 2048x2048 matmul rate through jax.jit. The
+train step's FLOPs are XLA's own count for the compiled step (forward, backward, optimizer, EMA).
+Synthetic batches: this measures compute, not the data pipeline.
+"""
+
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from lgm import inspection, tasks
+from lgm.train import mesh as mesh_lib
+from lgm.train import state as state_lib
+
+_CONFIG = config_flags.DEFINE_config_file('config', 'configs/vae_shapes.py', 'Experiment config.')
+_STEPS = flags.DEFINE_integer('steps', 30, 'Timed steps (after 3 warm-up steps).')
+
+
+def best_seconds(fn, repeats: int) -> float:
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return min(times)
+
+
+def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  matmul = jax.jit(lambda x: x @ x)
+  jax.block_until_ready(matmul(a))
+  return 2 * n**3 / best_seconds(lambda: matmul(a), repeats)
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  mesh = mesh_lib.make_mesh(config.mesh)
+  task = tasks.get_task(config)
+  tx, schedule = state_lib.make_optimizer(config)
+  state, shardings = state_lib.create_train_state(task.init, tx, config.seed, mesh)
+  step = state_lib.make_train_step(task.loss, tx, schedule, config.train.ema_decay, mesh, shardings)
+  batch_size = config.train.batch_size
+  rng = np.random.default_rng(0)
+  batch = jax.device_put(
+      {'image': rng.uniform(-1, 1, (batch_size, *task.image_shape)).astype(np.float32),
+       'label': np.zeros((batch_size,), np.int32)}, mesh_lib.batch_sharding(mesh))
+  step_flops = inspection.compiled_flops(
+      lambda s, b: step(s, b), state, batch)  # the same program as `step`, counted by XLA
+  for _ in range(3):
+    state, metrics = step(state, batch)
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(_STEPS.value):
+    state, metrics = step(state, batch)
+  jax.block_until_ready(metrics)
+  seconds = (time.perf_counter() - start) / _STEPS.value
+  peak = matmul_peak_flops()
+  result = {
+      'config': config.model.name, 'devices': f'{mesh.size} x {jax.devices()[0].device_kind}',
+      'batch_size': batch_size, 'step_ms': 1e3 * seconds, 'images_per_sec': batch_size / seconds,
+      'step_gflop': step_flops / 1e9, 'achieved_gflops': step_flops / seconds / 1e9,
+      'matmul_peak_gflops': peak / 1e9, 'fraction_of_peak': step_flops / seconds / peak,
+      'params': sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params)),
+  }
+  print(json.dumps(result, indent=2))
+
+
+if __name__ == '__main__':
+  app.run(main)
