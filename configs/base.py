@@ -50,6 +50,6 @@ def base_config() -> ml_collections.ConfigDict:
   ev.num_examples = 2000
   ev.use_ema = True
 
-  # Axis name -> size, in order; -1 = the rest. The batch is split over all axes; 'fsdp' also splits parameters.
+  # Axis name -> size (axes laid out alphabetically, see lgm/train/mesh.py); -1 = the rest. The batch is split over all axes; 'fsdp' also splits parameters.
   config.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1})
   return config

@@ -70,3 +70,13 @@ def test_cli_errors_are_one_line_and_write_nothing(tmp_path):
   assert not workdir.exists()
   result = run_module('experiments.evaluate', f'--workdir={tmp_path}/nothing')
   assert result.returncode == 2 and 'not an lgm work directory' in result.stderr
+
+
+def test_sample_writes_a_grid_of_prior_samples_and_refuses_text_flags(trained_workdir, tmp_path):
+  out = tmp_path / 'grid.png'
+  result = run_module('experiments.sample', f'--workdir={trained_workdir}', f'--out={out}', '--num=9')
+  assert result.returncode == 0, result.stderr[-2000:]
+  with PIL.Image.open(out) as image:
+    assert image.size == (3 * 16 + 4, 3 * 16 + 4)  # 3 x 3 tiles of 8 px upscaled twice, 1 px padding
+  result = run_module('experiments.sample', f'--workdir={trained_workdir}', f'--out={out}', '--prompt=a red circle')
+  assert result.returncode == 2 and 'takes no --prompt' in result.stderr

@@ -67,16 +67,22 @@ def _train_cli(workdir, config, extra=()):
   return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def test_sigkill_after_a_checkpoint_then_resume_equals_an_uninterrupted_run(trained_workdir, tmp_path):
-  config = make_tiny_config()  # the config of `trained_workdir`, the uninterrupted run
-  killed = str(tmp_path / 'killed')
-  proc = _train_cli(killed, config)
-  checkpoints = os.path.join(killed, 'checkpoints')
+def _start_and_wait_for_a_checkpoint(workdir, config):
+  """experiments.train in a subprocess, returned once its first checkpoint is finalised (or it ended)."""
+  proc = _train_cli(workdir, config)
+  checkpoints = os.path.join(workdir, 'checkpoints')
   deadline = time.time() + 300
   while time.time() < deadline and proc.poll() is None:
     if os.path.isdir(checkpoints) and any(d.isdigit() for d in os.listdir(checkpoints)):
       break
     time.sleep(0.02)
+  return proc
+
+
+def test_sigkill_after_a_checkpoint_then_resume_equals_an_uninterrupted_run(trained_workdir, tmp_path):
+  config = make_tiny_config()  # the config of `trained_workdir`, the uninterrupted run
+  killed = str(tmp_path / 'killed')
+  proc = _start_and_wait_for_a_checkpoint(killed, config)
   assert proc.poll() is None, 'the run ended before it could be killed: ' + proc.stderr.read()[-2000:]
   os.kill(proc.pid, signal.SIGKILL)
   proc.wait()
@@ -99,13 +105,8 @@ def test_sigkill_after_a_checkpoint_then_resume_equals_an_uninterrupted_run(trai
 def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(trained_workdir, tmp_path):
   config = make_tiny_config()
   workdir = str(tmp_path / 'terminated')
-  proc = _train_cli(workdir, config)
+  proc = _start_and_wait_for_a_checkpoint(workdir, config)
   checkpoints = os.path.join(workdir, 'checkpoints')
-  deadline = time.time() + 300
-  while time.time() < deadline and proc.poll() is None:
-    if os.path.isdir(checkpoints) and any(d.isdigit() for d in os.listdir(checkpoints)):
-      break
-    time.sleep(0.02)
   proc.send_signal(signal.SIGTERM)
   assert proc.wait(timeout=120) == 0, proc.stderr.read()[-2000:]
   last_logged = max(r['step'] for r in metrics_lib.read_metrics(workdir))

@@ -18,8 +18,8 @@ from lgm.models import layers
 Dtype = Any
 
 
-class Encoder(nn.Module):
-  """ResNet encoder: [space-to-depth] -> conv -> (res blocks, downsample)* -> mid -> out conv."""
+class _ConvStack(nn.Module):
+  """The shape of an encoder or decoder: widths ch * ch_mult per resolution level."""
   out_channels: int
   ch: int = 32
   ch_mult: Sequence[int] = (1, 2)
@@ -28,6 +28,10 @@ class Encoder(nn.Module):
   mid_attention: bool = False
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
+
+
+class Encoder(_ConvStack):
+  """ResNet encoder: [space-to-depth] -> conv -> (res blocks, downsample)* -> mid -> out conv."""
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -43,16 +47,8 @@ class Encoder(nn.Module):
     return nn.Conv(self.out_channels, (3, 3), dtype=self.dtype)(h).astype(jnp.float32)
 
 
-class Decoder(nn.Module):
+class Decoder(_ConvStack):
   """Mirror of `Encoder`: conv -> mid -> (res blocks, upsample)* -> out conv -> [depth-to-space]."""
-  out_channels: int
-  ch: int = 32
-  ch_mult: Sequence[int] = (1, 2)
-  num_res_blocks: int = 1
-  space_to_depth: int = 2
-  mid_attention: bool = False
-  dropout: float = 0.0
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, z: jnp.ndarray, train: bool = False) -> jnp.ndarray:

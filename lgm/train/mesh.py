@@ -1,6 +1,8 @@
 """The device mesh and how arrays are laid out on it, described by the config.
 
-`config.mesh` maps axis names to sizes in order, one size may be -1 ("the rest"). The batch is split
+`config.mesh` maps axis names to sizes, one size may be -1 ("the rest"). ConfigDicts sort their keys,
+so the axes are laid out in alphabetical order, the first outermost: with the default names,
+`data` spans hosts and `fsdp` groups stay inside neighbouring devices. The batch is split
 over every axis. Parameters (and optimizer state, EMA) are replicated, except over an axis named
 `fsdp`: there each large parameter is split along its largest divisible dimension (FSDP / ZeRO-3
 style); XLA inserts the gathers.

@@ -1,0 +1,50 @@
+"""Sample a trained model into one PNG grid.
+
+python -m experiments.sample --workdir=runs/vae_shapes --out=samples.png [--num=64] [--seed=0]
+
+A VAE samples by decoding N(0, I) latents. Text prompts, samplers, steps and guidance belong to the
+diffusion models (the flags are the contract of DESIGN.md); a model that has none refuses them.
+"""
+
+from absl import flags
+
+from experiments import common
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Work directory of a trained run.')
+_OUT = flags.DEFINE_string('out', None, 'Output PNG path.')
+_NUM = flags.DEFINE_integer('num', 64, 'Number of images.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
+_PROMPT = flags.DEFINE_string('prompt', None, 'Text prompt (text-conditioned models).')
+_NEGATIVE = flags.DEFINE_string('negative_prompt', None, 'Negative prompt (text-conditioned models).')
+_SAMPLER = flags.DEFINE_string('sampler', None, 'Sampler name (diffusion models).')
+_STEPS = flags.DEFINE_integer('steps', None, 'Sampler steps (diffusion models).')
+_GUIDANCE = flags.DEFINE_float('guidance', None, 'Guidance scale (diffusion models).')
+flags.mark_flags_as_required(['workdir', 'out'])
+
+
+def main(argv):
+  del argv
+  import jax
+  import numpy as np
+
+  from lgm import images
+  from lgm.train import workdir as workdir_lib
+
+  if _NUM.value < 1:
+    raise ValueError(f'--num must be at least 1, got {_NUM.value}.')
+  trained = workdir_lib.load_trained(_WORKDIR.value)
+  task = trained.task
+  unsupported = [name for name, flag in (('prompt', _PROMPT), ('negative_prompt', _NEGATIVE), ('sampler', _SAMPLER),
+                                         ('steps', _STEPS), ('guidance', _GUIDANCE)) if flag.value is not None]
+  if unsupported:
+    raise ValueError(f'the {trained.config.model.name} model of {_WORKDIR.value} takes no '
+                     f'--{", --".join(unsupported)}: those are for diffusion models.')
+  if not getattr(task, 'is_variational', False):
+    raise ValueError(f'{_WORKDIR.value} holds a {trained.config.model.name}, which has no prior to sample; '
+                     'train a VAE (configs/vae_shapes.py).')
+  samples = np.clip(np.asarray(task.sample_prior(trained.params, jax.random.PRNGKey(_SEED.value), _NUM.value)), -1, 1)
+  print(images.save_grid(_OUT.value, samples, upscale=2))
+
+
+if __name__ == '__main__':
+  common.run(main)
