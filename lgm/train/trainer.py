@@ -146,7 +146,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     """Checkpoint `step` unless `health` (loss + gradient norm of the last steps) is not finite."""
     if not np.isfinite(health):
       raise NonFiniteLossError(
-          f'loss is {health} at step {step}: stopped without saving; the last good checkpoint '
+          f'loss or gradient norm is {health} at step {step}: stopped without saving; the last good checkpoint '
           f'(step {manager.latest_step()}) is intact in {workdir_lib.checkpoint_dir(workdir)}. '
           'Lower optim.learning_rate or use train.compute_dtype=float32.')
     workdir_lib.save(manager, step, state, {'step': step, 'data': {'next_step': step}})
