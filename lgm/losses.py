@@ -83,3 +83,59 @@ def psnr(x: jax.Array, y: jax.Array) -> jax.Array:
   y01 = (jnp.clip(y, -1, 1) + 1) / 2
   mse = per_example_sum(jnp.square(x01 - y01)) / (x[0].size)
   return -10.0 * jnp.log10(jnp.maximum(mse, 1e-10))
+
+
+# --- score matching (Song et al. 2021, section 3.3 and appendix) -----------------------------------
+
+def _reduce(x: jax.Array, reduce_mean: bool) -> jax.Array:
+  x = x.reshape(x.shape[0], -1)
+  return x.mean(-1) if reduce_mean else x.sum(-1)
+
+
+def dsm_loss(rng: jax.Array, sde, score_fn, x: jax.Array, *, eps: float = 1e-5,
+             likelihood_weighting: bool = False, reduce_mean: bool = False) -> jax.Array:
+  """Continuous denoising score matching, per example, t ~ U(eps, T).
+
+  Default weighting lambda(t) = sigma(t)^2 gives ||sigma s + z||^2. With likelihood weighting,
+  lambda(t) = g(t)^2 and the expected loss bounds the negative log-likelihood (Song et al. 2021b).
+  """
+  t_rng, z_rng = jax.random.split(rng)
+  t = jax.random.uniform(t_rng, (x.shape[0],), minval=eps, maxval=sde.T)
+  z = jax.random.normal(z_rng, x.shape)
+  mean, std = sde.marginal_prob(x, t)
+  std_b = std.reshape((-1,) + (1,) * (x.ndim - 1))
+  score = score_fn(mean + std_b * z, t)
+  if not likelihood_weighting:
+    return _reduce(jnp.square(score * std_b + z), reduce_mean)
+  g2 = sde.sde(jnp.zeros_like(x), t)[1] ** 2
+  return _reduce(jnp.square(score + z / std_b), reduce_mean) * g2
+
+
+def _grid_times(rng: jax.Array, sde, batch: int) -> tuple[jax.Array, jax.Array]:
+  """A random index of the N-point grid per example, and its time t_i = i T / (N - 1)."""
+  i = jax.random.randint(rng, (batch,), 0, sde.N)
+  return i, i.astype(jnp.float32) * sde.T / (sde.N - 1)
+
+
+def ddpm_loss(rng: jax.Array, sde, score_fn, x: jax.Array, *, reduce_mean: bool = True) -> jax.Array:
+  """Ho et al.'s epsilon-prediction loss on the discrete VP chain: ||eps_hat - z||^2, eps_hat = -sigma_i s."""
+  t_rng, z_rng = jax.random.split(rng)
+  i, t = _grid_times(t_rng, sde, x.shape[0])
+  z = jax.random.normal(z_rng, x.shape)
+  alpha_bar = sde.alphas_cumprod[i].reshape((-1,) + (1,) * (x.ndim - 1))
+  sigma = jnp.sqrt(1.0 - alpha_bar)
+  eps_hat = -sigma * score_fn(jnp.sqrt(alpha_bar) * x + sigma * z, t)
+  return _reduce(jnp.square(eps_hat - z), reduce_mean)
+
+
+def smld_loss(rng: jax.Array, sde, score_fn, x: jax.Array, *, reduce_mean: bool = False) -> jax.Array:
+  """Song & Ermon's noise-conditional score matching on the discrete VE levels, weighted by sigma_i^2."""
+  t_rng, z_rng = jax.random.split(rng)
+  i, t = _grid_times(t_rng, sde, x.shape[0])
+  sigma = sde.discrete_sigmas[i].reshape((-1,) + (1,) * (x.ndim - 1))
+  z = jax.random.normal(z_rng, x.shape)
+  score = score_fn(x + sigma * z, t)
+  return _reduce(jnp.square(score * sigma + z), reduce_mean)
+
+
+SCORE_LOSSES = {'dsm': dsm_loss, 'ddpm': ddpm_loss, 'smld': smld_loss}

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import einops
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 
 Dtype = Any
 
@@ -81,3 +84,69 @@ class Upsample(nn.Module):
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
     return nn.Conv(x.shape[-1], (3, 3), dtype=self.dtype)(x)
+
+
+def _fir_taps(kernel: Sequence[int], gain: float) -> np.ndarray:
+  """Separable 1-D taps -> normalised 2-D FIR filter whose DC gain is `gain`."""
+  taps = np.outer(kernel, kernel).astype(np.float32)
+  return taps * (gain / taps.sum())
+
+
+def upfirdn2d(x: jnp.ndarray, taps: np.ndarray, up: int = 1, down: int = 1,
+              pad: tuple[int, int] = (0, 0)) -> jnp.ndarray:
+  """StyleGAN2's upfirdn on NHWC, per channel: insert up-1 zeros after each pixel, pad (low, high),
+  convolve with the 2-D FIR `taps`, keep every `down`-th pixel. One depthwise XLA convolution."""
+  channels = x.shape[-1]
+  filt = jnp.asarray(taps[::-1, ::-1].copy(), x.dtype)  # convolution, not correlation
+  filt = jnp.tile(filt[:, :, None, None], (1, 1, 1, channels))
+  padding = ((pad[0], pad[1] + up - 1),) * 2  # lhs_dilation leaves no zeros after the last pixel
+  return lax.conv_general_dilated(x, filt, window_strides=(down, down), padding=padding,
+                                  lhs_dilation=(up, up), feature_group_count=channels,
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def fir_upsample(x: jnp.ndarray, kernel: Sequence[int] = (1, 3, 3, 1)) -> jnp.ndarray:
+  """Double the resolution with an anti-aliasing FIR filter (nearest-neighbour for kernel (1, 1))."""
+  p = len(kernel) - 2
+  return upfirdn2d(x, _fir_taps(kernel, 4.0), up=2, pad=((p + 1) // 2 + 1, p // 2))
+
+
+def fir_downsample(x: jnp.ndarray, kernel: Sequence[int] = (1, 3, 3, 1)) -> jnp.ndarray:
+  """Halve the resolution with an anti-aliasing FIR filter (2x2 average pooling for kernel (1, 1))."""
+  p = len(kernel) - 2
+  return upfirdn2d(x, _fir_taps(kernel, 1.0), down=2, pad=((p + 1) // 2, p // 2))
+
+
+class FIRConv(nn.Module):
+  """Convolution fused with FIR resampling (StyleGAN2): up = transposed stride-2 conv then FIR filter,
+  down = FIR filter then stride-2 conv, so the signal is padded once and never aliased. Without
+  `up`/`down` it is a plain 'SAME' convolution. Parameters are those of `nn.Conv` (kernel, bias)."""
+  features: int
+  kernel_size: int = 3
+  up: bool = False
+  down: bool = False
+  fir_kernel: Sequence[int] = (1, 3, 3, 1)
+  use_bias: bool = True
+  kernel_init: Any = nn.initializers.lecun_normal()
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    if self.up and self.down:
+      raise ValueError('FIRConv: up and down are exclusive')
+    k = self.kernel_size
+    w = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features)).astype(self.dtype)
+    x = x.astype(self.dtype)
+    conv = functools.partial(lax.conv_general_dilated, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    p = len(self.fir_kernel) - 2
+    if self.up:  # zero-stuffed ("transposed") full convolution: (2H + k - 2)^2, then filter to (2H)^2
+      x = conv(x, w, window_strides=(1, 1), padding=((k - 1, k - 1),) * 2, lhs_dilation=(2, 2))
+      x = upfirdn2d(x, _fir_taps(self.fir_kernel, 4.0), pad=((p - k + 2) // 2 + 1, (p - k + 1) // 2 + 1))
+    elif self.down:
+      x = upfirdn2d(x, _fir_taps(self.fir_kernel, 1.0), pad=((p + k) // 2, (p + k - 1) // 2))
+      x = conv(x, w, window_strides=(2, 2), padding='VALID')
+    else:
+      x = conv(x, w, window_strides=(1, 1), padding='SAME')
+    if self.use_bias:
+      x = x + self.param('bias', nn.initializers.zeros, (self.features,)).astype(self.dtype)
+    return x
