@@ -20,10 +20,6 @@ from lgm import inspection, tasks
 from lgm.train import mesh as mesh_lib
 from lgm.train import state as state_lib
 
-_CONFIG = config_flags.DEFINE_config_file('config', 'configs/vae_shapes.py', 'Experiment config.')
-_STEPS = flags.DEFINE_integer('steps', 30, 'Timed steps (after 3 warm-up steps).')
-
-
 def best_seconds(fn, repeats: int) -> float:
   times = []
   for _ in range(repeats):
@@ -40,9 +36,8 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
   return 2 * n**3 / best_seconds(lambda: matmul(a), repeats)
 
 
-def main(argv):
-  del argv
-  config = _CONFIG.value
+def measure(config, steps: int = 30, peak: float | None = None) -> dict:
+  """Timings of `steps` train steps of `config` on synthetic data (after 3 warm-up steps)."""
   mesh = mesh_lib.make_mesh(config.mesh)
   task = tasks.get_task(config)
   tx, schedule = state_lib.make_optimizer(config)
@@ -53,26 +48,36 @@ def main(argv):
   batch = jax.device_put(
       {'image': rng.uniform(-1, 1, (batch_size, *task.image_shape)).astype(np.float32),
        'label': np.zeros((batch_size,), np.int32)}, mesh_lib.batch_sharding(mesh))
+  start = time.perf_counter()
   step_flops = inspection.compiled_flops(
       lambda s, b: step(s, b), state, batch)  # the same program as `step`, counted by XLA
   for _ in range(3):
     state, metrics = step(state, batch)
   jax.block_until_ready(metrics)
+  compile_seconds = time.perf_counter() - start
   start = time.perf_counter()
-  for _ in range(_STEPS.value):
+  for _ in range(steps):
     state, metrics = step(state, batch)
   jax.block_until_ready(metrics)
-  seconds = (time.perf_counter() - start) / _STEPS.value
-  peak = matmul_peak_flops()
-  result = {
-      'config': config.model.name, 'devices': f'{mesh.size} x {jax.devices()[0].device_kind}',
-      'batch_size': batch_size, 'step_ms': 1e3 * seconds, 'images_per_sec': batch_size / seconds,
+  seconds = (time.perf_counter() - start) / steps
+  peak = peak or matmul_peak_flops()
+  return {
+      'model': config.model.name, 'devices': f'{mesh.size} x {jax.devices()[0].device_kind}',
+      'compute_dtype': config.train.compute_dtype, 'batch_size': batch_size,
+      'step_ms': 1e3 * seconds, 'images_per_sec': batch_size / seconds,
+      'compile_and_warmup_s': compile_seconds,
       'step_gflop': step_flops / 1e9, 'achieved_gflops': step_flops / seconds / 1e9,
       'matmul_peak_gflops': peak / 1e9, 'fraction_of_peak': step_flops / seconds / peak,
       'params': sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params)),
   }
-  print(json.dumps(result, indent=2))
 
 
-if __name__ == '__main__':
+def main(argv):
+  del argv
+  print(json.dumps(measure(flags.FLAGS.config, flags.FLAGS.steps), indent=2))
+
+
+if __name__ == '__main__':  # flags here, so that other benchmarks can import `measure`
+  config_flags.DEFINE_config_file('config', 'configs/vae_shapes.py', 'Experiment config.')
+  flags.DEFINE_integer('steps', 30, 'Timed steps (after 3 warm-up steps).')
   app.run(main)

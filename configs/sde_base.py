@@ -35,11 +35,12 @@ def sde_config(sde: str = 'vpsde') -> ml_collections.ConfigDict:
   sm.corrector = 'langevin'
   sm.snr = 0.16
   sm.n_steps_each = 1
-  sm.noise_removal = True
+  sm.clip_denoised = False        # clip data predictions to the data range (few-step samplers, final step)
+  sm.denoise = True             # end with one Tweedie denoising step at eps
   sm.eps = 1e-3                   # the sampler stops at t = eps
   sm.num_samples = 64             # images in each eval grid
 
-  config.eval.bpd_examples = 200  # examples whose bits/dim go through the probability-flow ODE
+  config.eval.bpd_per_batch = 8   # images of each eval batch whose bits/dim go through the probability-flow ODE (0: off)
   config.eval.bpd_rtol = 1e-5
   config.eval.bpd_atol = 1e-5
   return config

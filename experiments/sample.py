@@ -1,9 +1,11 @@
 """Sample a trained model into one PNG grid.
 
 python -m experiments.sample --workdir=runs/vae_shapes --out=samples.png [--num=64] [--seed=0]
+python -m experiments.sample --workdir=runs/sde_vp_shapes --out=samples.png [--sampler=edm_heun --steps=12]
 
-A VAE samples by decoding N(0, I) latents. Text prompts, samplers, steps and guidance belong to the
-diffusion models (the flags are the contract of DESIGN.md); a model that has none refuses them.
+A VAE samples by decoding N(0, I) latents. A score model reverses its SDE with `config.sampling`,
+`--sampler` (a method of lgm.sampling) and `--steps` overriding it. Text prompts and guidance belong to
+text-conditioned models (the flags are the contract of DESIGN.md); a model that has none refuses them.
 """
 
 from absl import flags
@@ -34,11 +36,21 @@ def main(argv):
     raise ValueError(f'--num must be at least 1, got {_NUM.value}.')
   trained = workdir_lib.load_trained(_WORKDIR.value)
   task = trained.task
-  unsupported = [name for name, flag in (('prompt', _PROMPT), ('negative_prompt', _NEGATIVE), ('sampler', _SAMPLER),
-                                         ('steps', _STEPS), ('guidance', _GUIDANCE)) if flag.value is not None]
+  diffusion = trained.config.task == 'score'
+  flags_given = [(name, flag) for name, flag in (('prompt', _PROMPT), ('negative_prompt', _NEGATIVE),
+                                                  ('guidance', _GUIDANCE), ('sampler', _SAMPLER), ('steps', _STEPS))
+                 if flag.value is not None]
+  unsupported = [name for name, _ in flags_given if not (diffusion and name in ('sampler', 'steps'))]
   if unsupported:
+    kind = 'text-conditioned' if diffusion else 'diffusion'
     raise ValueError(f'the {trained.config.model.name} model of {_WORKDIR.value} takes no '
-                     f'--{", --".join(unsupported)}: those are for diffusion models.')
+                     f'--{", --".join(unsupported)}: those are for {kind} models.')
+  if diffusion:
+    options = {key: flag.value for key, flag in (('method', _SAMPLER), ('num_steps', _STEPS)) if flag.value is not None}
+    samples, nfe = task.sample(trained.params, jax.random.PRNGKey(_SEED.value), _NUM.value, **options)
+    print(f'{_NUM.value} samples, {int(nfe)} score evaluations each')
+    print(images.save_grid(_OUT.value, np.asarray(samples), upscale=2))
+    return
   if not getattr(task, 'is_variational', False):
     raise ValueError(f'{_WORKDIR.value} holds a {trained.config.model.name}, which has no prior to sample; '
                      'train a VAE (configs/vae_shapes.py).')

@@ -175,11 +175,17 @@ def _corrector(name: str, sde: SDE, score_fn: ScoreFn, snr: float, n_steps: int)
   return correct
 
 
-def _denoiser(sde: SDE, score_fn: ScoreFn):
-  """Tweedie's estimate E[x_0 | x_t] = (x + sigma^2 s) / alpha."""
+def _denoiser(sde: SDE, score_fn: ScoreFn, clip: tuple[float, float] | None = None):
+  """Tweedie's estimate E[x_0 | x_t] = (x + sigma^2 s) / alpha, optionally clipped to the data range.
+
+  At high noise alpha is tiny and the estimate divides the network's error by it; clipping to where
+  the data can be (DDPM's `clip_denoised`, DPM-Solver's thresholding) keeps an imperfect network's
+  first steps from throwing the trajectory off.
+  """
   def denoise(x, t):
     alpha, sigma = sde.marginal_coefficients(t)
-    return (x + broadcast_to(sigma ** 2, x) * score_fn(x, t)) / broadcast_to(alpha, x)
+    x0 = (x + broadcast_to(sigma ** 2, x) * score_fn(x, t)) / broadcast_to(alpha, x)
+    return x0 if clip is None else jnp.clip(x0, *clip)
   return denoise
 
 
@@ -233,7 +239,7 @@ def sample(rng: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], 
            num_steps: int = 1000, *, eps: float = 1e-3, denoise: bool = True,
            predictor: str = 'reverse_diffusion', corrector: str = 'langevin', snr: float = 0.16,
            n_steps_each: int = 1, eta: float = 0.0, rho: float = 7.0, lower_order_final: bool = True,
-           rtol: float = 1e-5, atol: float = 1e-5,
+           rtol: float = 1e-5, atol: float = 1e-5, clip_denoised: tuple[float, float] | None = None,
            guidance_fn: ScoreFn | None = None, guidance_scale: float = 0.0,
            constraint: Constraint | None = None,
            x_start: jax.Array | None = None, t_start: float | None = None) -> tuple[jax.Array, jax.Array]:
@@ -241,6 +247,8 @@ def sample(rng: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], 
   that `sample` can be jitted). See the module docstring.
 
   For `ode`, `num_steps` is ignored (the solver adapts); its nfe is counted from diffrax's statistics.
+  `clip_denoised` = (lo, hi) clips every data prediction (ddim, dpm_solver, edm_heun and the final
+  denoising step of all methods) to the data range.
   """
   t_start = sde.T if t_start is None else float(t_start)
   _check(sde, method, num_steps, eps, predictor, corrector, shape, x_start, t_start, constraint,
@@ -254,7 +262,7 @@ def sample(rng: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], 
   x = sde.prior_sampling(init_rng, shape) if x_start is None else x_start
   if constraint is not None and x_start is None:
     x = constraint.project(project_rng, sde, x, jnp.full((batch,), t_start))
-  tweedie = _denoiser(sde, score_fn)
+  tweedie = _denoiser(sde, score_fn, clip_denoised)
 
   if method == 'ode':
     x, nfe = _solve_probability_flow(sde, score_fn, x, t_start, eps, rtol, atol)

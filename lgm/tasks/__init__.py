@@ -14,10 +14,11 @@ from typing import Any
 
 import ml_collections
 
-from lgm.tasks import autoencoding
+from lgm.tasks import autoencoding, score
 
 TASKS: dict[str, Any] = {
     'autoencoding': autoencoding.AutoencoderTask,
+    'score': score.ScoreTask,
 }
 
 

@@ -1,0 +1,133 @@
+"""Score-based generative modelling (Song et al. 2021): learn grad log p_t of an SDE's marginals.
+
+The task joins the generic pieces (`lgm.sde`, `lgm.losses`' score losses, `lgm.sampling`,
+`lgm.likelihood`) to a network of `lgm.models`. The network sees what score_sde feeds it:
+  VP / sub-VP, continuous (DSM) training: time_cond = 999 t,   score = -output / sigma(t)
+  VP, discrete DDPM training:             time_cond = index i, score = -output / sqrt(1 - alphabar_i)
+  VE:                                     time_cond = sigma(t), score = output (the net divides by sigma)
+Data live in [-1, 1] (`data.centered`) or [0, 1]; images handed in and out are always [-1, 1].
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from lgm import likelihood, losses, sampling
+from lgm import sde as sde_lib
+from lgm.models import build_model
+
+PyTree = Any
+
+
+class ScoreTask:
+  """A score network trained on one SDE; sampling and bits/dim through that SDE."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.sde = sde_lib.get_sde(config.sde)
+    self.model = build_model(config.model, config.train.compute_dtype)
+    if config.loss.name not in losses.SCORE_LOSSES:
+      raise ValueError(f'unknown score loss {config.loss.name!r}; valid: {sorted(losses.SCORE_LOSSES)}')
+    required = {'ddpm': sde_lib.VPSDE, 'smld': sde_lib.VESDE}.get(config.loss.name)
+    if required is not None and not isinstance(self.sde, required):
+      raise ValueError(f'loss {config.loss.name!r} needs sde.name={required.__name__.lower()!r}')
+    self.loss_name = config.loss.name
+    self.loss_options = {'reduce_mean': config.loss.reduce_mean}
+    if self.loss_name == 'dsm':
+      self.loss_options.update(eps=config.loss.eps, likelihood_weighting=config.loss.likelihood_weighting)
+    self.centered = config.data.centered
+    size, channels = config.data.image_size, config.data.channels
+    self.image_shape = (size, size, channels)
+    self.sampling = dict(config.sampling.to_dict())
+    self.num_samples = self.sampling.pop('num_samples')
+    if self.sampling.pop('clip_denoised'):
+      self.sampling['clip_denoised'] = (-1.0, 1.0) if self.centered else (0.0, 1.0)
+    self.bpd_per_batch = config.eval.bpd_per_batch
+    self.bpd_options = {'rtol': config.eval.bpd_rtol, 'atol': config.eval.bpd_atol}
+
+  # --- between images and the diffusion's data space --------------------------------------------
+  def to_data(self, images: jax.Array) -> jax.Array:
+    return images if self.centered else (images + 1.0) / 2.0
+
+  def to_images(self, x: jax.Array) -> jax.Array:
+    return x if self.centered else 2.0 * x - 1.0
+
+  # --- the score function --------------------------------------------------------------------------
+  def _time_cond(self, t: jax.Array) -> jax.Array:
+    if isinstance(self.sde, sde_lib.VESDE):
+      return self.sde.sigma(t)
+    if self.loss_name == 'ddpm':
+      return self.sde.timestep_index(t).astype(jnp.float32)
+    return 999.0 * t
+
+  def _sigma(self, t: jax.Array) -> jax.Array:
+    if self.loss_name == 'ddpm':
+      return jnp.sqrt(1.0 - self.sde.alphas_cumprod[self.sde.timestep_index(t)])
+    return self.sde.marginal_coefficients(t)[1]
+
+  def score_fn(self, params: PyTree, train: bool = False, rng: jax.Array | None = None,
+               **conditioning: jax.Array) -> sde_lib.ScoreFn:
+    """`score(x, t)` of the network with these parameters (dropout on when `train`)."""
+    rngs = {'dropout': rng} if train else {}
+
+    def score(x: jax.Array, t: jax.Array) -> jax.Array:
+      out = self.model.apply({'params': params}, x, self._time_cond(t), train=train, rngs=rngs,
+                             **conditioning).astype(jnp.float32)
+      if isinstance(self.sde, sde_lib.VESDE):
+        return out
+      return -out / sde_lib.broadcast_to(self._sigma(t), out)
+    return score
+
+  # --- what the trainer calls ------------------------------------------------------------------------
+  def init(self, rng: jax.Array) -> PyTree:
+    x = jnp.zeros((1, *self.image_shape), jnp.float32)
+    return self.model.init({'params': rng, 'dropout': rng}, x, jnp.ones((1,)))['params']
+
+  def _loss(self, params, x, rng, train):
+    noise_rng, dropout_rng = jax.random.split(rng)
+    score = self.score_fn(params, train, dropout_rng)
+    return losses.SCORE_LOSSES[self.loss_name](noise_rng, self.sde, score, x, **self.loss_options).mean()
+
+  def loss(self, params: PyTree, batch: dict, rng: jax.Array, train: bool = True):
+    loss = self._loss(params, self.to_data(batch['image']), rng, train)
+    return loss, {}
+
+  def bits_per_dim(self, params: PyTree, images: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(bits/dim per image, nfe) of 8-bit `images` in [-1, 1], uniformly dequantised (Song et al.)."""
+    deq_rng, probe_rng = jax.random.split(rng)
+    x = likelihood.dequantize(deq_rng, images, centered=self.centered)
+    bpd, _, nfe = likelihood.bits_per_dim(probe_rng, self.sde, self.score_fn(params), x,
+                                          data_width=2.0 if self.centered else 1.0, **self.bpd_options)
+    return bpd, nfe
+
+  def evaluate(self, params: PyTree, batch: dict, rng: jax.Array) -> dict[str, jax.Array]:
+    """The training objective on held-out data and, on the first `eval.bpd_per_batch` images of the
+    batch, bits/dim through the probability-flow ODE."""
+    loss_rng, bpd_rng = jax.random.split(rng)
+    x = batch['image']
+    metrics = {'loss': self._loss(params, self.to_data(x), loss_rng, train=False)}
+    if self.bpd_per_batch:
+      bpd, nfe = self.bits_per_dim(params, x[:self.bpd_per_batch], bpd_rng)
+      metrics.update(bpd=bpd.mean(), bpd_nfe=nfe.astype(jnp.float32))
+    return metrics
+
+  @functools.partial(jax.jit, static_argnums=(0, 3), static_argnames=('options',))
+  def _sample(self, params, rng, num, options=()):
+    x, nfe = sampling.sample(rng, self.sde, self.score_fn(params), (num, *self.image_shape),
+                             **{**self.sampling, **dict(options)})
+    return jnp.clip(self.to_images(x), -1.0, 1.0), nfe
+
+  def sample(self, params: PyTree, rng: jax.Array, num: int, **options: Any) -> tuple[jax.Array, jax.Array]:
+    """(num images in [-1, 1], nfe) with `config.sampling`, any key overridden by `options`."""
+    return self._sample(params, rng, num, options=tuple(sorted(options.items())))
+
+  def images(self, params: PyTree, batch: dict, rng: jax.Array) -> dict[str, jax.Array]:
+    """A grid of `sampling.num_samples` samples drawn with `config.sampling`."""
+    del batch
+    x, _ = sampling.sample(rng, self.sde, self.score_fn(params), (self.num_samples, *self.image_shape),
+                           **self.sampling)
+    return {'samples': jnp.clip(self.to_images(x), -1.0, 1.0)}
