@@ -86,7 +86,7 @@ def test_loss_and_sde_must_agree():
 
 
 def test_score_fn_parameterisations_match_the_paper():
-  """VP-continuous: s = -net / sigma(t) with net fed 999 t; VE: s = net fed sigma(t); DDPM: index t (N - 1)."""
+  """VP-continuous: s = -net / sigma(t) with net fed 999 t; VE: s = net fed sigma(t); DDPM: the grid index floor(t (N - 1))."""
   import jax.numpy as jnp
   import numpy as np
   from lgm import tasks
@@ -102,8 +102,8 @@ def test_score_fn_parameterisations_match_the_paper():
   for sde, loss, expected_cond, expected_score in (
       ('vpsde', 'dsm', lambda task: 999 * t, lambda task: -1 / task.sde.marginal_coefficients(t)[1]),
       ('vesde', 'dsm', lambda task: task.sde.sigma(t), lambda task: jnp.ones(2)),
-      ('vpsde', 'ddpm', lambda task: jnp.round(t * 999), lambda task: -1 / jnp.sqrt(
-          1 - task.sde.alphas_cumprod[jnp.round(t * 999).astype(int)]))):
+      ('vpsde', 'ddpm', lambda task: jnp.floor(t * 999), lambda task: -1 / jnp.sqrt(
+          1 - task.sde.alphas_cumprod[jnp.floor(t * 999).astype(int)]))):
     config = tiny_score_config(sde)
     config.loss.name = loss
     task = tasks.get_task(config)
