@@ -8,16 +8,12 @@ N = 1000 VP steps) and sampled ancestrally. Ho et al.: FID 3.17, IS 9.46, NLL <=
 CIFAR-10 must first be prepared once as a tfds catalog (README, "Data").
 """
 
-from configs import sde_base
+from configs.score_sde import common
 
 
 def get_config(arg: str | None = None):
   del arg
-  config = sde_base.sde_config('vpsde')
-  config.seed = 42
-  config.data.dataset = 'cifar10'
-  config.data.random_flip = True
-  config.data.centered = True
+  config = common.cifar10_config('vpsde')
 
   config.sde.beta_min = 0.1
   config.sde.beta_max = 20.0
@@ -26,25 +22,9 @@ def get_config(arg: str | None = None):
   config.loss.name = 'ddpm'
   config.loss.reduce_mean = True
 
-  config.sampling.method = 'pc'
-  config.sampling.num_steps = 1000
   config.sampling.predictor = 'ancestral'
   config.sampling.corrector = 'none'
 
-  config.train.batch_size = 128
-  config.train.num_steps = 1_300_000  # score_sde's n_iters = 1300001 is the loop bound
-  config.train.ema_decay = 0.9999
-  config.train.checkpoint_every = 50_000
-  config.eval.every = 50_000
-  # Adam 2e-4, 5k warmup steps, then constant (final_lr_fraction = 1), clipping at norm 1.
-  config.optim.learning_rate = 2e-4
-  config.optim.warmup_steps = 5000
-  config.optim.final_lr_fraction = 1.0
-  config.optim.b1 = 0.9
-  config.optim.b2 = 0.999
-  config.optim.eps = 1e-8
-  config.optim.weight_decay = 0.0
-  config.optim.grad_clip = 1.0
 
   m = config.model
   m.name = 'ddpm'
