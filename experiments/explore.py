@@ -1,8 +1,9 @@
-"""Look at the semantic space of a trained autoencoder / VAE: a 2-D map, paths, samples, neighbours.
+"""Look at a trained semantic space: an autoencoder / VAE's latents, or a CLIP model's text-image space.
 
 python -m experiments.explore --workdir=DIR [--num=64] [--split=test] [--seed=0] [--max_examples=2000]
+python -m experiments.explore --workdir=runs/clip_shapes [--query="a big blue circle" --query=...]
 
-Writes into DIR/samples/ and prints each path:
+Writes into DIR/samples/ and prints each path. For an autoencoder / VAE:
   semantic_map.png   PCA of the encoded held-out images, coloured by label (by shape for `shapes`);
   interpolation.png  decoded paths between random pairs of held-out images (slerp for a VAE,
                      lerp for an AE);
@@ -10,6 +11,9 @@ Writes into DIR/samples/ and prints each path:
   neighbours.png     generated images beside their nearest training images in latent space, the
                      check that the model generates rather than recalls. Only the first
                      --max_examples training images are searched; raise it for a stricter check.
+For a CLIP model:
+  text_image_map.png  held-out images and their captions in one PCA plane, coloured by label;
+  text_queries.png    the nearest held-out images of each --query (default: a few captions).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from experiments import common
 from lgm import semantic
 from lgm.data import load_arrays
 from lgm.images import save_grid
+from lgm.tasks.clip import ClipTask
 from lgm.train.workdir import load_trained
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Work directory of a trained autoencoder or VAE.')
@@ -32,6 +37,7 @@ _NUM = flags.DEFINE_integer('num', 64, 'Number of prior samples in prior_samples
 _SPLIT = flags.DEFINE_string('split', 'test', 'Held-out split to map and interpolate.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of every random choice (pairs, latents).')
 _MAX_EXAMPLES = flags.DEFINE_integer('max_examples', 2000, 'Images read per split.')
+_QUERY = flags.DEFINE_multi_string('query', None, 'CLIP models: free-text queries for text_queries.png.')
 
 NUM_PAIRS = 8  # interpolation strips
 STRIP_LENGTH = 10  # images per strip, endpoints included
@@ -74,11 +80,13 @@ def _colouring(arrays: dict, info) -> tuple[np.ndarray, tuple[str, ...], str]:
 
 
 def explore(workdir: str, num: int = 64, split: str = 'test', seed: int = 0,
-            max_examples: int = 2000) -> dict[str, str]:
+            max_examples: int = 2000, queries: list[str] | None = None) -> dict[str, str]:
   """Writes the semantic-space figures of the model trained in `workdir`; returns name -> path."""
   if num < 1:
     raise ValueError(f'num must be >= 1, got {num}')
   trained = load_trained(workdir)
+  if isinstance(trained.task, ClipTask):
+    return explore_text_image(trained, workdir, split, max_examples, queries)
   task, config = trained.task, trained.config
   encode = functools.partial(_in_batches, task.encode, trained.params)
   decode = functools.partial(_in_batches, task.decode, trained.params)
@@ -129,10 +137,34 @@ def explore(workdir: str, num: int = 64, split: str = 'test', seed: int = 0,
   return written
 
 
+def explore_text_image(trained, workdir: str, split: str = 'test', max_examples: int = 2000,
+                       queries: list[str] | None = None) -> dict[str, str]:
+  """The CLIP figures: one map of images and captions, and the nearest images of text queries."""
+  task, config = trained.task, trained.config
+  held_out, info = load_arrays(config, split=split, max_examples=max_examples)
+  captions = [str(c) for c in held_out['caption']]
+  images = _in_batches(task.encode_images, trained.params, held_out['image'])
+  texts = task.encode_text(trained.params, captions)
+  _, mean, components = semantic.pca(np.concatenate([images, texts]), k=2)
+  labels, label_names, legend_title = _colouring(held_out, info)
+  about = f'CLIP on {config.data.dataset}, step {trained.step}'
+  out_dir = os.path.join(workdir, 'samples')
+  written = {'text_image_map': semantic.plot_text_image_map(
+      os.path.join(out_dir, 'text_image_map.png'), (images - mean) @ components.T,
+      (texts - mean) @ components.T, labels, label_names, captions, legend_title=legend_title,
+      title=f'PCA of {len(images)} {split} images and their captions ({about})')}
+  queries = queries or captions[:NUM_QUERIES]
+  indices, _ = semantic.nearest_neighbours(task.encode_text(trained.params, queries), images, NUM_NEIGHBOURS)
+  written['text_queries'] = semantic.save_text_queries(
+      os.path.join(out_dir, 'text_queries.png'), queries, held_out['image'][indices],
+      title=f'Nearest of {len(images)} {split} images ({about})')
+  return written
+
+
 def main(argv):
   del argv
   written = explore(_WORKDIR.value, num=_NUM.value, split=_SPLIT.value, seed=_SEED.value,
-                    max_examples=_MAX_EXAMPLES.value)
+                    max_examples=_MAX_EXAMPLES.value, queries=_QUERY.value)
   for name, path in written.items():
     print(f'{name}: {path}')
 

@@ -28,6 +28,8 @@ def compiled_flops(fn, *args) -> float:
 
 def dummy_batch(task, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
   """The shapes of a training batch, for compiling without data."""
+  if hasattr(task, 'batch_spec'):
+    return task.batch_spec(batch_size)
   return {'image': jax.ShapeDtypeStruct((batch_size, *task.image_shape), jnp.float32),
           'label': jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
 

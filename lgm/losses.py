@@ -139,3 +139,28 @@ def smld_loss(rng: jax.Array, sde, score_fn, x: jax.Array, *, reduce_mean: bool 
 
 
 SCORE_LOSSES = {'dsm': dsm_loss, 'ddpm': ddpm_loss, 'smld': smld_loss}
+
+
+# --- contrastive losses of a dual encoder (lgm.models.clip) ----------------------------------------
+# Both take L2-normalised (batch, dim) embeddings of the *global* batch: under jit with sharded inputs,
+# the (batch, batch) logits are formed across devices, so every example is a negative for every
+# other whatever the mesh.
+
+def clip_loss(image: jax.Array, text: jax.Array, scale: jax.Array, bias: jax.Array = 0.0) -> jax.Array:
+  """Symmetric InfoNCE (Radford et al. 2021): mean of the image->text and text->image cross-entropies."""
+  logits = scale * image @ text.T + bias
+  diagonal = jnp.diagonal(logits)
+  image_to_text = jax.nn.logsumexp(logits, axis=1) - diagonal
+  text_to_image = jax.nn.logsumexp(logits, axis=0) - diagonal
+  return 0.5 * (image_to_text.mean() + text_to_image.mean())
+
+
+def siglip_loss(image: jax.Array, text: jax.Array, scale: jax.Array, bias: jax.Array) -> jax.Array:
+  """Sigmoid loss (Zhai et al. 2023): every (image, text) pair is a binary match / no-match
+  decision; summed over the pairs, averaged over the images."""
+  logits = scale * image @ text.T + bias
+  signs = 2.0 * jnp.eye(logits.shape[0], dtype=logits.dtype) - 1.0
+  return -jax.nn.log_sigmoid(signs * logits).sum(axis=1).mean()
+
+
+CONTRASTIVE_LOSSES = {'clip': clip_loss, 'siglip': siglip_loss}

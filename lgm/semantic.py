@@ -270,3 +270,58 @@ def save_neighbours(path: str, queries_images, neighbour_images,
   ticks += zip(_tile_centres(first_neighbour, k, width), [f'#{i + 1}' for i in range(k)])
   return _plot_tiles(path, picture, title, 'nearest training images in latent space, closest first',
                      ticks)
+
+
+def plot_text_image_map(path: str, image_coords, text_coords, labels, label_names, captions=(),
+                        num_pairs: int = 12, title: str = 'Images and captions in one space',
+                        legend_title: str = 'label') -> str:
+  """Image points (dots) and caption points (crosses) of one 2-D projection, coloured by label.
+
+  Row i of `image_coords` and `text_coords` is one image and its caption; `num_pairs` pairs, spread over
+  the map, are joined by a grey line and the caption is written at its cross. A contrastive space keeps
+  the two modalities apart by a roughly constant offset (the "modality gap"), so what to look for is that
+  both clouds are ordered the same way, label by label.
+  """
+  image_coords, text_coords = np.asarray(image_coords, np.float64), np.asarray(text_coords, np.float64)
+  labels = np.asarray(labels).astype(np.int64)
+  names = [str(name) for name in label_names]
+  colours = _label_colours(max(len(names), int(labels.max(initial=-1)) + 1))
+  fig, ax = plt.subplots(figsize=(10, 7.5))
+  for label in np.unique(labels):
+    at = labels == label
+    name = names[label] if label < len(names) else str(label)
+    ax.scatter(*image_coords[at].T, s=9, color=colours[label], alpha=0.5, linewidths=0, label=f'{name} (image)')
+    ax.scatter(*text_coords[at].T, s=22, color=colours[label], alpha=0.8, marker='x', linewidths=0.9,
+               label=f'{name} (caption)')
+  if num_pairs and len(labels):
+    for i in _spread_out(np.concatenate([image_coords, text_coords], axis=1), num_pairs):
+      ax.plot(*np.stack([image_coords[i], text_coords[i]]).T, color='0.5', linewidth=0.6, alpha=0.8)
+      if i < len(captions):
+        ax.annotate(captions[i], text_coords[i], fontsize=6, alpha=0.9, xytext=(3, 3), textcoords='offset points')
+  ax.set(title=title, xlabel='principal component 1', ylabel='principal component 2')
+  ax.legend(title=legend_title, loc='upper left', bbox_to_anchor=(1.01, 1.0), fontsize='small',
+            ncol=1 + 2 * len(names) // 25)
+  return _save_figure(fig, path)
+
+
+def save_text_queries(path: str, queries, neighbour_images,
+                      title: str = 'Nearest images of free-text queries') -> str:
+  """Each row: the nearest images (Q, k, h, w, C), closest first, of the query written at its left."""
+  neighbours = np.asarray(neighbour_images)
+  num_queries, k = neighbours.shape[:2]
+  if len(queries) != num_queries:
+    raise ValueError(f'{len(queries)} queries for {num_queries} rows of neighbours')
+  width, height = neighbours.shape[3], neighbours.shape[2]
+  picture = make_grid(neighbours.reshape(num_queries * k, *neighbours.shape[2:]), ncol=k, pad=_PAD)
+  ticks = list(zip(_tile_centres(0, k, width), [f'#{i + 1}' for i in range(k)]))
+  height_px, width_px = picture.shape[:2]
+  scale = int(np.clip(700 // width_px, 1, 4))
+  fig, ax = plt.subplots(figsize=(width_px * scale / _DPI + 3.0, height_px * scale / _DPI + 0.8))
+  ax.imshow(picture, interpolation='nearest')
+  ax.set_xticks(*zip(*ticks), fontsize='small')
+  ax.set_yticks([_PAD + row * (height + _PAD) + (height - 1) / 2 for row in range(num_queries)],
+                [f'"{q}"' for q in queries], fontsize='small')
+  ax.tick_params(length=0)
+  ax.set(title=title, xlabel='nearest held-out images in the text-image space, closest first')
+  ax.spines[:].set_visible(False)
+  return _save_figure(fig, path)

@@ -24,7 +24,8 @@ PyTree = Any
 class AutoencoderTask:
   """Autoencoder / VAE training, evaluation, and the encode/decode API of the semantic space."""
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str | None = None):
+    del workdir  # everything this task learns is in the checkpoint
     self.model = build_model(config.model, config.train.compute_dtype,
                              image_channels=config.data.channels)
     self.is_variational = isinstance(self.model, autoencoder.VAE)

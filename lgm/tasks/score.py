@@ -27,7 +27,8 @@ PyTree = Any
 class ScoreTask:
   """A score network trained on one SDE; sampling and bits/dim through that SDE."""
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str | None = None):
+    del workdir  # everything this task learns is in the checkpoint
     self.sde = sde_lib.get_sde(config.sde)
     self.model = build_model(config.model, config.train.compute_dtype)
     if config.loss.name not in losses.SCORE_LOSSES:

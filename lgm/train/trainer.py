@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -41,32 +41,44 @@ def check_batch_size(batch_size: int, num_devices: int, what: str = 'train.batch
                      f'use a multiple of {num_devices}.')
 
 
-def global_batches(loader: loader_lib.Loader, mesh, start_step: int = 0,
-                   num_steps: int | None = None) -> Iterator[dict[str, jax.Array]]:
-  """Process-local numpy batches -> global arrays sharded over the batch axis."""
+def global_batches(loader: loader_lib.Loader, mesh, start_step: int = 0, num_steps: int | None = None,
+                   prepare: Callable[[dict], dict] | None = None) -> Iterator[dict[str, jax.Array]]:
+  """Process-local numpy batches -> (host-side `prepare`) -> global arrays sharded over the batch axis."""
   sharding = mesh_lib.batch_sharding(mesh)
   for batch in loader.batches(start_step, num_steps):
+    if prepare is not None:
+      batch = prepare(batch)
     yield {k: jax.make_array_from_process_local_data(sharding, v)
            for k, v in loader_lib.device_fields(batch).items()}
 
 
 def evaluate(task: Any, params: Any, eval_loader: loader_lib.Loader, mesh, seed: int,
              eval_step=None) -> dict[str, float]:
-  """Mean of the task's metrics over one ordered pass of the eval split (a fixed noise key per batch)."""
+  """One ordered pass of the eval split (a fixed noise key per batch): the mean of the task's scalar
+  metrics, plus `task.summarize` of its per-example outputs concatenated over the whole pass."""
   eval_step = eval_step or jax.jit(task.evaluate)
   base = jax.random.fold_in(jax.random.PRNGKey(seed), EVAL_SEED_SALT)
   totals: dict[str, float] = {}
+  per_example: dict[str, list[np.ndarray]] = {}
   num = 0
-  for i, batch in enumerate(global_batches(eval_loader, mesh)):
+  for i, batch in enumerate(global_batches(eval_loader, mesh, prepare=getattr(task, 'prepare_batch', None))):
     for name, value in eval_step(params, batch, jax.random.fold_in(base, i)).items():
-      totals[name] = totals.get(name, 0.0) + float(value)
+      if value.ndim:
+        per_example.setdefault(name, []).append(multihost_utils.process_allgather(value, tiled=True))
+      else:
+        totals[name] = totals.get(name, 0.0) + float(value)
     num += 1
-  return {f'eval/{name}': total / num for name, total in totals.items()}
+  metrics = {name: total / num for name, total in totals.items()}
+  if per_example:
+    metrics.update(task.summarize(params, {k: np.concatenate(v) for k, v in per_example.items()}))
+  return {f'eval/{name}': value for name, value in metrics.items()}
 
 
 def write_sample_grids(images_fn: Any, params: Any, batch: dict, workdir: str, step: int, seed: int) -> list[str]:
   """`images_fn`'s grids for this step (a jitted task.images), as DIR/samples/<name>_<step>.png."""
   grids = images_fn(params, batch, jax.random.fold_in(jax.random.PRNGKey(seed), step))
+  if not grids:
+    return []
   grids = multihost_utils.process_allgather(grids, tiled=True)
   if jax.process_index() != 0:
     return []
@@ -115,7 +127,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = mesh_lib.make_mesh(config.mesh, devices)
   check_batch_size(config.train.batch_size, mesh.size)
   check_batch_size(config.eval.batch_size, mesh.size, 'eval.batch_size')
-  task = tasks.get_task(config)
+  task = tasks.get_task(config, workdir)
   proc, nproc = jax.process_index(), jax.process_count()
   train_loader = loader_lib.make_loader(config, config.data.train_split, train=True,
                                         process_index=proc, process_count=nproc)
@@ -159,7 +171,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   train_seconds, window_start, timed_steps = 0.0, time.perf_counter(), 0
   step = start_step
   try:
-    for batch in global_batches(train_loader, mesh, start_step, num_steps - start_step):
+    for batch in global_batches(train_loader, mesh, start_step, num_steps - start_step,
+                                getattr(task, 'prepare_batch', None)):
       state, metrics = train_step(state, batch)
       pending.append(metrics)
       step += 1

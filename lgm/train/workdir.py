@@ -101,7 +101,7 @@ def load_trained(workdir: str, use_ema: bool | None = None, mesh: jax.sharding.M
   from lgm.train import state as state_lib
 
   config = read_config(workdir)
-  task = tasks.get_task(config)
+  task = tasks.get_task(config, workdir)
   manager = checkpoint_manager(workdir)
   step = manager.latest_step()
   if step is None:

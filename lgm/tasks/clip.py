@@ -1,0 +1,159 @@
+"""Contrastive text-image training (CLIP / SigLIP): one space where captions meet their images.
+
+The task tokenizes captions on the host (`prepare_batch`), embeds images and tokens with
+`lgm.models.clip.CLIP`, and trains with `config.loss.name` of `lgm.losses.CONTRASTIVE_LOSSES` over the
+global batch. Evaluation embeds the whole held-out set, then reports zero-shot accuracy per attribute
+from the dataset's caption templates and retrieval recall@1/@5 both ways (`lgm.evaluation`).
+
+The tokenizer is part of the model: `config.tokenizer.name='bpe'` learns byte-level BPE merges from the
+first `config.tokenizer.num_captions` training captions and keeps them in DIR/tokenizer.json, which a
+resumed run or a later sampler reads back, so the ids never change under a trained model.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from lgm import evaluation, losses
+from lgm import tokenizer as tokenizer_lib
+from lgm.data import sources
+from lgm.models import build_model
+from lgm.models.clip import CLIP
+
+PyTree = Any
+TOKENIZER_FILE = 'tokenizer.json'
+TOKENIZERS = ('bpe', 'byte')
+_TEXT_BATCH = 256  # prompts embedded per call when evaluating
+
+
+def make_tokenizer(config: ml_collections.ConfigDict, workdir: str | None = None):
+  """DIR/tokenizer.json when the work directory has one; else built from `config.tokenizer` (and saved
+  there when a work directory is given)."""
+  path = os.path.join(workdir, TOKENIZER_FILE) if workdir else None
+  if path and os.path.exists(path):
+    return tokenizer_lib.load(path)
+  settings = config.tokenizer
+  if settings.name not in TOKENIZERS:
+    raise ValueError(f'unknown tokenizer {settings.name!r}; valid: {list(TOKENIZERS)}')
+  if settings.name == 'byte':
+    tokenizer = tokenizer_lib.ByteTokenizer(settings.context_length)
+  else:
+    source = sources.get_source(config.data.dataset, config.data.train_split, config.data.get('data_dir'))
+    if not source.info.has_captions:
+      raise ValueError(f'{config.data.dataset} has no captions to train a text model on; use a captioned '
+                       'dataset (shapes, digits, a folder with metadata.jsonl or .txt sidecars).')
+    captions = [source[i]['caption'] for i in range(min(len(source), settings.num_captions))]
+    tokenizer = tokenizer_lib.train_bpe(captions, settings.num_merges, settings.context_length)
+    logging.info('Learned %d BPE merges from %d captions.', tokenizer.vocab_size - tokenizer_lib.NUM_BASE_TOKENS,
+                 len(captions))
+  if path and jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    tokenizer.save(path)
+  return tokenizer
+
+
+class ClipTask:
+  """A dual encoder trained contrastively; `encode_text` / `encode_images` are the space's API."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str | None = None):
+    self.tokenizer = make_tokenizer(config, workdir)
+    self.model: CLIP = build_model(config.model, config.train.compute_dtype, vocab_size=self.tokenizer.vocab_size,
+                                   context_length=self.tokenizer.context_length)
+    if config.loss.name not in losses.CONTRASTIVE_LOSSES:
+      raise ValueError(f'unknown contrastive loss {config.loss.name!r}; valid: {sorted(losses.CONTRASTIVE_LOSSES)}')
+    if config.loss.name == 'siglip' and self.model.logit_bias_init is None:
+      raise ValueError("the siglip loss needs a learnable bias: set model.logit_bias_init (SigLIP uses -10).")
+    self.loss_fn = losses.CONTRASTIVE_LOSSES[config.loss.name]
+    size, channels = config.data.image_size, config.data.channels
+    self.image_shape = (size, size, channels)
+    self.prompts = evaluation.prompt_table(config.data.dataset)
+
+  # --- the text-image space ------------------------------------------------------------------------
+  def tokenize(self, texts) -> np.ndarray:
+    return self.tokenizer(texts)
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def encode_tokens(self, params: PyTree, tokens: jax.Array) -> dict[str, jax.Array]:
+    """Normalised 'embedding' (batch, embed_dim), per-token features 'tokens' and their 'mask'."""
+    return self.model.apply({'params': params}, tokens, method=CLIP.encode_text)
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def encode_images(self, params: PyTree, images: jax.Array) -> jax.Array:
+    """Images in [-1, 1] -> normalised embeddings (batch, embed_dim)."""
+    return self.model.apply({'params': params}, images, method=CLIP.encode_image)['embedding']
+
+  def encode_text(self, params: PyTree, texts) -> np.ndarray:
+    """Strings -> normalised embeddings (numpy), in fixed-size batches (one compilation)."""
+    tokens = self.tokenize(texts)
+    size = min(_TEXT_BATCH, len(tokens))
+    out = []
+    for start in range(0, len(tokens), size):
+      chunk = tokens[start:start + size]
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), axis=0)])
+      out.append(np.asarray(self.encode_tokens(params, chunk)['embedding'])[:len(tokens) - start])
+    return np.concatenate(out)
+
+  def logit_scale(self, params: PyTree) -> float:
+    return float(self.model.apply({'params': params}, method=CLIP.scale_and_bias)[0])
+
+  # --- what the trainer calls ------------------------------------------------------------------------
+  def prepare_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Host side: the captions of a process-local batch as token ids."""
+    return {**batch, 'tokens': self.tokenize(list(batch['caption']))}
+
+  def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    return {'image': jax.ShapeDtypeStruct((batch_size, *self.image_shape), jnp.float32),
+            'tokens': jax.ShapeDtypeStruct((batch_size, self.tokenizer.context_length), jnp.int32)}
+
+  def init(self, rng: jax.Array) -> PyTree:
+    images = jnp.zeros((1, *self.image_shape), jnp.float32)
+    tokens = jnp.asarray(self.tokenize(''))
+    return self.model.init(rng, images, tokens)['params']
+
+  def _loss(self, params, batch):
+    out = self.model.apply({'params': params}, batch['image'], batch['tokens'])
+    return self.loss_fn(out['image'], out['text'], out['scale'], out['bias']), out
+
+  def loss(self, params: PyTree, batch: dict, rng: jax.Array, train: bool = True):
+    del rng, train  # no dropout or noise
+    loss, out = self._loss(params, batch)
+    logits = out['image'] @ out['text'].T
+    labels = jnp.arange(logits.shape[0])
+    return loss, {'logit_scale': out['scale'],
+                  'batch_i2t_accuracy': (logits.argmax(axis=1) == labels).mean(),
+                  'batch_t2i_accuracy': (logits.argmax(axis=0) == labels).mean()}
+
+  def evaluate(self, params: PyTree, batch: dict, rng: jax.Array) -> dict[str, jax.Array]:
+    """The loss on a held-out batch (scalar), and per-example embeddings and attributes for `summarize`."""
+    del rng
+    loss, out = self._loss(params, batch)
+    fields = {} if self.prompts is None else {f'field/{f}': batch[f] for f in self.prompts.fields.values()}
+    return {'loss': loss, 'image_embedding': out['image'], 'text_embedding': out['text'], **fields}
+
+  def summarize(self, params: PyTree, outputs: dict[str, np.ndarray]) -> dict[str, float]:
+    """Zero-shot accuracy per attribute (`zeroshot_<attribute>`) and retrieval recall over the whole set."""
+    images, texts = outputs['image_embedding'], outputs['text_embedding']
+    if self.prompts is None:
+      return evaluation.retrieval_metrics(images, texts)
+    labels = {name: outputs[f'field/{field}'] for name, field in self.prompts.fields.items()}
+    num_templates = len(self.prompts.prompts[0])
+    flat = [p for prompts in self.prompts.prompts for p in prompts]
+    classes = evaluation.class_embeddings(self.encode_text(params, flat), num_templates)
+    accuracy = evaluation.zero_shot_accuracy(images, classes, self.logit_scale(params), self.prompts, labels)
+    metrics = {f'zeroshot_{name}': value for name, value in accuracy.items()}
+    attributes = np.stack([labels[name] for name in self.prompts.fields], axis=1)
+    metrics.update(evaluation.retrieval_metrics(images, texts, attributes))
+    return metrics
+
+  def images(self, params: PyTree, batch: dict, rng: jax.Array) -> dict[str, jax.Array]:
+    """No image grids: a dual encoder generates nothing (experiments.explore draws its space)."""
+    del params, batch, rng
+    return {}
