@@ -5,8 +5,9 @@ One entry point, `sample(rng, sde, score_fn, shape, method, num_steps, **options
               `reverse_diffusion`, `ancestral`, `none`; correctors `langevin`, `ald`, `none`
   ode         the probability-flow ODE with an adaptive solver (diffrax, rtol / atol)
   ddim        DDIM (Song et al. 2021a), eta = 0 deterministic, eta = 1 ancestral
-  dpm_solver  DPM-Solver++(2M) (Lu et al. 2022) on a grid uniform in log-SNR
-  edm_heun    Heun's method on Karras et al.'s (2022) rho-spaced noise levels
+  dpm_solver  DPM-Solver++(2M) (Lu et al. 2022), or 3M with order=3, by default on a grid uniform in log-SNR
+  edm_heun    Heun's method, by default on Karras et al.'s (2022) rho-spaced noise levels
+(`grid` moves any stepping sampler onto another grid: uniform in t, in log-SNR, or Karras')
 The few-step samplers are written with the perturbation kernel x_t = alpha(t) x_0 + sigma(t) z only, so
 they serve VP, sub-VP and VE alike. Every method starts from the prior at T (or from a given `x_start` at
 `t_start`, for img2img), runs to `eps`, and by default ends with one Tweedie denoising step
@@ -92,9 +93,15 @@ def colorization(gray: jax.Array) -> Constraint:
 
 def _check(sde: SDE, method: str, num_steps: int, eps: float, predictor: str, corrector: str,
            shape: tuple[int, ...], x_start, t_start: float, constraint: Constraint | None,
-           guidance_fn, guidance_scale: float) -> None:
+           guidance_fn, guidance_scale: float, grid: str | None, order: int, sigma_max: float | None) -> None:
   if method not in METHODS:
     raise ValueError(f'unknown sampling method {method!r}; valid: {list(METHODS)}')
+  if order not in (1, 2, 3):
+    raise ValueError(f'dpm_solver order must be 1, 2 or 3, got {order!r}')
+  if sigma_max is not None and not sigma_max > 0:
+    raise ValueError(f'sigma_max must be > 0, got {sigma_max!r}')
+  if grid is not None and grid not in GRIDS:
+    raise ValueError(f'unknown time grid {grid!r}; valid: {list(GRIDS)}')
   if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
     raise ValueError(f'num_steps must be an integer >= 1, got {num_steps!r}')
   if not 0.0 < eps < t_start <= sde.T:
@@ -218,19 +225,35 @@ def _heun_step(sde: SDE, denoise):
 
 # --- time grids ----------------------------------------------------------------------------------------
 
-def time_grid(sde: SDE, method: str, num_steps: int, t_start: float, eps: float, rho: float = 7.0) -> jax.Array:
-  """num_steps + 1 decreasing times from t_start to eps: uniform in t (pc), in log-SNR (ddim,
-  dpm_solver: both are exact for a constant data prediction over a log-SNR step), or rho-spaced in the
-  noise level exp(-lambda) (edm_heun)."""
-  ends = jnp.array([t_start, eps], jnp.float32)
-  if method in ('ddim', 'dpm_solver'):
-    lam = sde.log_snr(ends)
-    return sde.t_from_log_snr(jnp.linspace(lam[0], lam[1], num_steps + 1), eps)
-  if method == 'edm_heun':
-    lo, hi = jnp.exp(-sde.log_snr(ends)) ** (1 / rho)
-    levels = jnp.linspace(lo, hi, num_steps + 1) ** rho
-    return sde.t_from_log_snr(-jnp.log(levels), eps)
-  return jnp.linspace(t_start, eps, num_steps + 1)
+GRIDS = ('time', 'log_snr', 'karras')
+DEFAULT_GRIDS = {'pc': 'time', 'ddim': 'log_snr', 'dpm_solver': 'log_snr', 'edm_heun': 'karras'}
+
+
+def time_grid(sde: SDE, grid: str, num_steps: int, t_start: float, eps: float, rho: float = 7.0,
+              sigma_max: float | None = None) -> jax.Array:
+  """num_steps + 1 decreasing times from t_start to eps: uniform in t (`time`), in log-SNR (`log_snr`:
+  DDIM and DPM-Solver++ are exact for a constant data prediction over a log-SNR step), or rho-spaced in
+  the noise level exp(-lambda) = sigma / alpha (`karras`, EDM's grid; more steps at low noise).
+
+  `sigma_max` (EDM's): where the noise level at t_start is above it, the first step jumps straight to
+  the time of noise level sigma_max, and the other num_steps - 1 are spaced from there. At such noise the
+  data prediction is nearly the data mean, which a one-step exponential integrator follows exactly, so
+  the steps are better spent below it.
+  """
+  with jax.ensure_compile_time_eval():  # the grid is a constant of the sampler, even under jit
+    start = jnp.asarray(t_start, jnp.float32)
+    if sigma_max is not None and num_steps > 1 and float(jnp.exp(-sde.log_snr(start))) > sigma_max:
+      first = sde.t_from_log_snr(-jnp.log(jnp.float32(sigma_max)), eps)
+      return jnp.concatenate([start[None], time_grid(sde, grid, num_steps - 1, float(first), eps, rho)])
+    ends = jnp.stack([start, jnp.asarray(eps, jnp.float32)])
+    if grid == 'log_snr':
+      lam = sde.log_snr(ends)
+      return sde.t_from_log_snr(jnp.linspace(lam[0], lam[1], num_steps + 1), eps)
+    if grid == 'karras':
+      lo, hi = jnp.exp(-sde.log_snr(ends)) ** (1 / rho)
+      levels = jnp.linspace(lo, hi, num_steps + 1) ** rho
+      return sde.t_from_log_snr(-jnp.log(levels), eps)
+    return jnp.linspace(start, eps, num_steps + 1)
 
 
 # --- the entry point -------------------------------------------------------------------------------------
@@ -238,7 +261,8 @@ def time_grid(sde: SDE, method: str, num_steps: int, t_start: float, eps: float,
 def sample(rng: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], method: str = 'pc',
            num_steps: int = 1000, *, eps: float = 1e-3, denoise: bool = True,
            predictor: str = 'reverse_diffusion', corrector: str = 'langevin', snr: float = 0.16,
-           n_steps_each: int = 1, eta: float = 0.0, rho: float = 7.0, lower_order_final: bool = True,
+           n_steps_each: int = 1, eta: float = 0.0, order: int = 2, grid: str | None = None,
+           rho: float = 7.0, sigma_max: float | None = None, lower_order_final: bool = True,
            rtol: float = 1e-5, atol: float = 1e-5, clip_denoised: tuple[float, float] | None = None,
            guidance_fn: ScoreFn | None = None, guidance_scale: float = 0.0,
            constraint: Constraint | None = None,
@@ -247,12 +271,16 @@ def sample(rng: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], 
   that `sample` can be jitted). See the module docstring.
 
   For `ode`, `num_steps` is ignored (the solver adapts); its nfe is counted from diffrax's statistics.
+  `order` is DPM-Solver++'s multistep order (1 = DDIM, 2 = 2M, 3 = 3M).
+  `grid` (one of GRIDS) places the steps of a stepping sampler; None is the method's own (DEFAULT_GRIDS);
+  `sigma_max` lets the first step jump to that noise level (see `time_grid`).
   `clip_denoised` = (lo, hi) clips every data prediction (ddim, dpm_solver, edm_heun and the final
   denoising step of all methods) to the data range.
   """
   t_start = sde.T if t_start is None else float(t_start)
   _check(sde, method, num_steps, eps, predictor, corrector, shape, x_start, t_start, constraint,
-         guidance_fn, guidance_scale)
+         guidance_fn, guidance_scale, grid, order, sigma_max)
+  grid = grid or DEFAULT_GRIDS.get(method)
   if guidance_fn is not None:
     base_fn = score_fn
     score_fn = lambda x, t: base_fn(x, t) + guidance_scale * guidance_fn(x, t)
@@ -268,7 +296,8 @@ def sample(rng: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], 
     x, nfe = _solve_probability_flow(sde, score_fn, x, t_start, eps, rtol, atol)
   else:
     x, nfe = _integrate(sde, score_fn, tweedie, x, rng, method, num_steps, t_start, eps, predictor,
-                        corrector, snr, n_steps_each, eta, rho, lower_order_final, constraint)
+                        corrector, snr, n_steps_each, eta, order, grid, rho, sigma_max, lower_order_final,
+                        constraint)
   if denoise:
     x = tweedie(x, jnp.full((batch,), eps))
     nfe += 1
@@ -278,9 +307,9 @@ def sample(rng: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], 
 
 
 def _integrate(sde, score_fn, tweedie, x, rng, method, num_steps, t_start, eps, predictor, corrector,
-               snr, n_steps_each, eta, rho, lower_order_final, constraint):
+               snr, n_steps_each, eta, order, grid, rho, sigma_max, lower_order_final, constraint):
   """Run a stepping sampler over its time grid; returns (x at eps, nfe)."""
-  times = time_grid(sde, method, num_steps, t_start, eps, rho)
+  times = time_grid(sde, grid, num_steps, t_start, eps, rho, sigma_max)
   batch = x.shape[0]
   vec = lambda s: jnp.full((batch,), s)
 
@@ -303,22 +332,35 @@ def _integrate(sde, score_fn, tweedie, x, rng, method, num_steps, t_start, eps, 
     heun = _heun_step(sde, tweedie)
     nfe = 2 * num_steps
     step = lambda state, rng, t, t_next: heun(rng, state, t, t_next)
-  else:  # dpm_solver: the state carries the previous data prediction and step in log-SNR
+  else:  # dpm_solver: the state carries the last two data predictions and log-SNR steps
     nfe = num_steps
-    x = (x, jnp.zeros_like(x), jnp.zeros(()))
+    x = (x, jnp.zeros((2, *x.shape), x.dtype), jnp.zeros((2,)), jnp.zeros((), jnp.int32))
 
     def step(state, rng, t, t_next):
       del rng
-      x, prev_x0, prev_h = state
+      x, prev_x0, prev_h, i = state
       alpha_n, sigma_n = sde.marginal_coefficients(t_next)
       sigma = sde.marginal_coefficients(t)[1]
       h = sde.log_snr(t_next)[0] - sde.log_snr(t)[0]
       x0 = tweedie(x, t)
-      r = prev_h / h
-      second = jnp.logical_and(prev_h > 0, jnp.logical_not(lower_order_final & (t_next[0] <= eps) & (num_steps < 15)))
-      d = jnp.where(second, (1 + 0.5 / r) * x0 - (0.5 / r) * prev_x0, x0)
-      x = broadcast_to(sigma_n / sigma, x) * x - broadcast_to(alpha_n * jnp.expm1(-h), x) * d
-      return x, x0, h
+      # Order: limited by the history (i steps done) and, for short runs, lowered over the last steps.
+      steps_left = num_steps - i
+      cap = jnp.where(lower_order_final & (num_steps < 15), steps_left, order)
+      current = jnp.minimum(jnp.minimum(i + 1, order), cap)
+      r0, r1 = prev_h[0] / h, prev_h[1] / h
+      d1_0 = (x0 - prev_x0[0]) / jnp.where(current >= 2, r0, 1.0)
+      d1_1 = (prev_x0[0] - prev_x0[1]) / jnp.where(current >= 3, r1, 1.0)
+      phi_1 = jnp.expm1(-h)
+      phi_2 = phi_1 / h + 1.0
+      phi_3 = phi_2 / h - 0.5
+      r01 = jnp.where(current >= 3, r0 + r1, 1.0)
+      third_d1 = d1_0 + (r0 / r01) * (d1_0 - d1_1)
+      third_d2 = (d1_0 - d1_1) / r01
+      data_term = jnp.where(current == 1, -phi_1 * x0,
+                            jnp.where(current == 2, -phi_1 * (x0 + 0.5 * d1_0),
+                                      -phi_1 * x0 + phi_2 * third_d1 - phi_3 * third_d2))
+      x = broadcast_to(sigma_n / sigma, x) * x + broadcast_to(alpha_n, x) * data_term
+      return x, jnp.stack([x0, prev_x0[0]]), jnp.stack([h, prev_h[0]]), i + 1
 
   def body(state, inputs):
     t, t_next, key = inputs

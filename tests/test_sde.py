@@ -160,8 +160,25 @@ SAMPLERS = [
     ('ddim', 300, {}),
     ('ddim', 1000, {'eta': 1.0}),
     ('dpm_solver', 40, {}),
+    ('dpm_solver', 20, {'order': 3, 'sigma_max': 20.0}),
     ('edm_heun', 40, {}),
 ]
+
+
+@pytest.mark.parametrize('grid', sampling.GRIDS)
+def test_time_grids_and_the_sigma_max_jump(grid):
+  sde = SDES['vp']
+  plain = np.asarray(sampling.time_grid(sde, grid, 10, 1.0, 1e-3))
+  jumped = np.asarray(sampling.time_grid(sde, grid, 10, 1.0, 1e-3, sigma_max=20.0))
+  for times in (plain, jumped):
+    assert times.shape == (11,) and times[0] == 1.0 and np.isclose(times[-1], 1e-3) and np.all(np.diff(times) < 0)
+  level = lambda t: float(jnp.exp(-sde.log_snr(jnp.asarray(t))))
+  np.testing.assert_allclose(level(jumped[1]), 20.0, rtol=1e-4)  # the first step lands on sigma_max
+  if grid == 'log_snr':  # uniform in log-SNR from there on
+    lam = np.asarray(sde.log_snr(jnp.asarray(jumped[1:])))
+    np.testing.assert_allclose(np.diff(lam), np.diff(lam)[0], rtol=1e-3)
+  # A sigma_max above the prior's noise level changes nothing.
+  np.testing.assert_array_equal(sampling.time_grid(sde, grid, 10, 1.0, 1e-3, sigma_max=1e4), plain)
 
 
 @pytest.mark.parametrize('sde_name', SDES)
@@ -314,6 +331,9 @@ def test_dequantize_stays_in_its_bin():
     ({'x_start': jnp.zeros((3, 2))}, 'x_start has shape (3, 2) but the samples have shape (4, 2)'),
     ({'method': 'ode', 'constraint': sampling.inpainting(jnp.zeros((4, 2)), jnp.ones(2))}, 'need a stepping sampler'),
     ({'guidance_scale': 2.0}, 'no guidance_fn'),
+    ({'method': 'dpm_solver', 'grid': 'cosine'}, "unknown time grid 'cosine'; valid: ['time', 'log_snr', 'karras']"),
+    ({'method': 'dpm_solver', 'order': 4}, 'order must be 1, 2 or 3'),
+    ({'method': 'dpm_solver', 'sigma_max': 0.0}, 'sigma_max must be > 0'),
 ])
 def test_bad_sampler_arguments(kwargs, message):
   sde = SDES['vp']
