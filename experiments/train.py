@@ -1,6 +1,7 @@
 """Train any lgm experiment from its config; resumes from the latest checkpoint in --workdir.
 
 python -m experiments.train --config=configs/vae_shapes.py --workdir=runs/vae_shapes [--config.KEY=VALUE ...]
+python -m experiments.train --config=configs/t2i_shapes.py --workdir=runs/t2i_shapes   # a multi-stage job
 """
 
 from absl import app, flags
@@ -17,8 +18,13 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   del argv
   common.initialize_distributed()
-  from lgm.train import trainer  # after jax.distributed is up
-  trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  from lgm import jobs  # after jax.distributed is up
+  from lgm.train import trainer
+  if jobs.is_job(_CONFIG.value):
+    metrics = jobs.run_job(_CONFIG.value, _WORKDIR.value)
+    print(f'report: {_WORKDIR.value}/report.md; ' + ', '.join(f'{k}={v:.4g}' for k, v in metrics.items()))
+  else:
+    trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == '__main__':

@@ -100,3 +100,42 @@ def retrieval_metrics(image_embeddings: np.ndarray, text_embeddings: np.ndarray,
       for k, value in recall_at_k(sim, relevant, ks).items():
         metrics[f'retrieval_{direction}_r{k}{suffix}'] = value
   return metrics
+
+
+# --- text-to-image ------------------------------------------------------------------------------------
+
+def fidelity(predicted: dict[str, np.ndarray], asked: dict[str, np.ndarray]) -> dict[str, float]:
+  """Per attribute, the fraction of generated images whose classifier reading equals what the prompt asked;
+  'all' where every attribute is right. Keys: 'fidelity_<attribute>', 'fidelity_all'."""
+  right = {name: np.asarray(predicted[name]) == np.asarray(asked[name]) for name in asked}
+  metrics = {f'fidelity_{name}': float(r.mean()) for name, r in right.items()}
+  metrics['fidelity_all'] = float(np.logical_and.reduce(list(right.values())).mean())
+  return metrics
+
+
+def clip_score(image_embeddings: np.ndarray, text_embeddings: np.ndarray) -> float:
+  """100 * mean over pairs of max(cosine, 0) (Hessel et al. 2021's scale, without their w = 2.5)."""
+  cosine = np.sum(image_embeddings * text_embeddings, axis=-1) / (
+      np.linalg.norm(image_embeddings, axis=-1) * np.linalg.norm(text_embeddings, axis=-1))
+  return float(100.0 * np.maximum(cosine, 0.0).mean())
+
+
+def gaussian_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Mean and (unbiased) covariance of (N, D) features, in float64."""
+  features = np.asarray(features, np.float64)
+  return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
+  """||mu1 - mu2||^2 + tr(C1 + C2 - 2 (C1 C2)^(1/2)), the distance behind FID (Heusel et al. 2017).
+
+  The square root is taken as (C1^(1/2) C2 C1^(1/2))^(1/2), whose trace equals that of (C1 C2)^(1/2) and
+  which is symmetric positive semi-definite, so two symmetric eigendecompositions give it stably.
+  """
+  def sqrt_psd(matrix):
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+  root1 = sqrt_psd(np.asarray(cov1, np.float64))
+  middle = sqrt_psd(root1 @ np.asarray(cov2, np.float64) @ root1)
+  diff = np.asarray(mu1, np.float64) - np.asarray(mu2, np.float64)
+  return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2.0 * np.trace(middle))

@@ -20,11 +20,13 @@ from typing import Any
 
 import ml_collections
 
-from lgm.tasks import autoencoding, clip, score
+from lgm.tasks import attributes, autoencoding, clip, score, text_to_image
 
 TASKS: dict[str, Any] = {
     'autoencoding': autoencoding.AutoencoderTask,
     'clip': clip.ClipTask,
+    'attributes': attributes.AttributeTask,
+    'text_to_image': text_to_image.TextToImageTask,
     'score': score.ScoreTask,
 }
 

@@ -27,10 +27,11 @@ PyTree = Any
 class ScoreTask:
   """A score network trained on one SDE; sampling and bits/dim through that SDE."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str | None = None):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str | None = None, **model_extras: Any):
+    """`model_extras` are constructor arguments the config does not hold (a subclass's conditioning sizes)."""
     del workdir  # everything this task learns is in the checkpoint
     self.sde = sde_lib.get_sde(config.sde)
-    self.model = build_model(config.model, config.train.compute_dtype)
+    self.model = build_model(config.model, config.train.compute_dtype, **model_extras)
     if config.loss.name not in losses.SCORE_LOSSES:
       raise ValueError(f'unknown score loss {config.loss.name!r}; valid: {sorted(losses.SCORE_LOSSES)}')
     required = {'ddpm': sde_lib.VPSDE, 'smld': sde_lib.VESDE}.get(config.loss.name)
@@ -43,6 +44,7 @@ class ScoreTask:
     self.centered = config.data.centered
     size, channels = config.data.image_size, config.data.channels
     self.image_shape = (size, size, channels)
+    self.data_shape = self.image_shape  # what the diffusion runs on (latent diffusion: the latent's shape)
     self.sampling = dict(config.sampling.to_dict())
     self.num_samples = self.sampling.pop('num_samples')
     if self.sampling.pop('clip_denoised'):
@@ -85,12 +87,12 @@ class ScoreTask:
 
   # --- what the trainer calls ------------------------------------------------------------------------
   def init(self, rng: jax.Array) -> PyTree:
-    x = jnp.zeros((1, *self.image_shape), jnp.float32)
+    x = jnp.zeros((1, *self.data_shape), jnp.float32)
     return self.model.init({'params': rng, 'dropout': rng}, x, jnp.ones((1,)))['params']
 
-  def _loss(self, params, x, rng, train):
+  def _loss(self, params, x, rng, train, **conditioning):
     noise_rng, dropout_rng = jax.random.split(rng)
-    score = self.score_fn(params, train, dropout_rng)
+    score = self.score_fn(params, train, dropout_rng, **conditioning)
     return losses.SCORE_LOSSES[self.loss_name](noise_rng, self.sde, score, x, **self.loss_options).mean()
 
   def loss(self, params: PyTree, batch: dict, rng: jax.Array, train: bool = True):
@@ -118,7 +120,7 @@ class ScoreTask:
 
   @functools.partial(jax.jit, static_argnums=(0, 3), static_argnames=('options',))
   def _sample(self, params, rng, num, options=()):
-    x, nfe = sampling.sample(rng, self.sde, self.score_fn(params), (num, *self.image_shape),
+    x, nfe = sampling.sample(rng, self.sde, self.score_fn(params), (num, *self.data_shape),
                              **{**self.sampling, **dict(options)})
     return jnp.clip(self.to_images(x), -1.0, 1.0), nfe
 
@@ -129,6 +131,6 @@ class ScoreTask:
   def images(self, params: PyTree, batch: dict, rng: jax.Array) -> dict[str, jax.Array]:
     """A grid of `sampling.num_samples` samples drawn with `config.sampling`."""
     del batch
-    x, _ = sampling.sample(rng, self.sde, self.score_fn(params), (self.num_samples, *self.image_shape),
+    x, _ = sampling.sample(rng, self.sde, self.score_fn(params), (self.num_samples, *self.data_shape),
                            **self.sampling)
     return {'samples': jnp.clip(self.to_images(x), -1.0, 1.0)}

@@ -1,0 +1,80 @@
+"""Reading a dataset's attributes (shapes: colour, shape, size, position) from images.
+
+Trained on real renders, it is the judge of text-to-image fidelity: `lgm.evaluation.fidelity` asks it
+what a generated image shows and compares that with what the prompt asked for.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from lgm.data import sources
+from lgm.models import build_model
+
+PyTree = Any
+
+
+class AttributeTask:
+  """Cross-entropy over every attribute of the dataset; accuracy per attribute and all at once."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str | None = None):
+    del workdir
+    info = sources.get_source(config.data.dataset, config.data.eval_split, config.data.get('data_dir')).info
+    if not info.attributes:
+      raise ValueError(f'{config.data.dataset} has no attributes to classify; use shapes.')
+    self.attributes = list(info.attributes)
+    self.model = build_model(config.model, config.train.compute_dtype,
+                             num_classes=tuple(len(v) for v in info.attributes.values()))
+    size, channels = config.data.image_size, config.data.channels
+    self.image_shape = (size, size, channels)
+
+  def init(self, rng: jax.Array) -> PyTree:
+    return self.model.init(rng, jnp.zeros((1, *self.image_shape), jnp.float32))['params']
+
+  def logits(self, params: PyTree, images: jax.Array) -> list[jax.Array]:
+    return self.model.apply({'params': params}, images)
+
+  def predict(self, params: PyTree, images: jax.Array) -> dict[str, jax.Array]:
+    """Attribute name -> predicted value index (batch,)."""
+    return {name: logits.argmax(-1) for name, logits in zip(self.attributes, self.logits(params, images))}
+
+  def _terms(self, params, batch):
+    logits = self.logits(params, batch['image'])
+    losses, right = {}, {}
+    for name, lg in zip(self.attributes, logits):
+      labels = batch[name]
+      losses[name] = (jax.nn.logsumexp(lg, -1) - jnp.take_along_axis(lg, labels[:, None], -1)[:, 0]).mean()
+      right[name] = lg.argmax(-1) == labels
+    accuracy = {f'accuracy_{n}': r.mean() for n, r in right.items()}
+    accuracy['accuracy_all'] = jnp.stack(list(right.values())).all(axis=0).mean()
+    return sum(losses.values()), accuracy
+
+  def loss(self, params: PyTree, batch: dict, rng: jax.Array, train: bool = True):
+    del rng, train
+    return self._terms(params, batch)
+
+  def evaluate(self, params: PyTree, batch: dict, rng: jax.Array) -> dict[str, jax.Array]:
+    del rng
+    loss, accuracy = self._terms(params, batch)
+    return {'loss': loss, **accuracy}
+
+  def images(self, params: PyTree, batch: dict, rng: jax.Array) -> dict[str, jax.Array]:
+    del params, batch, rng
+    return {}
+
+
+def read_attributes(task: AttributeTask, params: PyTree, images: np.ndarray, batch_size: int = 250) -> dict[str, np.ndarray]:
+  """Predicted attribute indices of many images (numpy), in fixed-size batches."""
+  predict = jax.jit(task.predict)
+  out: dict[str, list] = {name: [] for name in task.attributes}
+  for start in range(0, len(images), batch_size):
+    chunk = images[start:start + batch_size]
+    padded = np.concatenate([chunk, np.zeros((batch_size - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+    for name, values in predict(params, padded).items():
+      out[name].append(np.asarray(values)[:len(chunk)])
+  return {name: np.concatenate(v) for name, v in out.items()}

@@ -1,0 +1,186 @@
+"""Latent diffusion guided by text (Rombach et al. 2022): the score SDE of `lgm.tasks.score`, run on the
+latents of a trained VAE and conditioned on a trained CLIP text tower.
+
+The stages it reads live next to its own work directory (`config.stages.vae`, `config.stages.clip`,
+paths relative to it; `configs/t2i_shapes.py` trains all three in one job):
+  data       x = latent_scale * VAE posterior mean of the image; `latent_scale` = 1 / std of the latents,
+             measured on the first `config.latent.scale_examples` training images and kept in
+             DIR/latent_scale.json with the model, so that the SDE's noise levels fit the data;
+  condition  the text tower's per-token features (cross-attention context, with their mask) and its pooled
+             embedding (added to the time embedding). With probability `config.text.p_uncond` a caption
+             is dropped: mask all False and a zero vector, the null condition, so one network learns
+             both p(x | text) and p(x) for classifier-free guidance (Ho & Salimans 2021);
+  text tower frozen (its parameters are constants of the task) or tuned (`config.text.tune`: they join
+             the trained parameters, initialised from the CLIP stage).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from lgm import sampling
+from lgm.data import loader as loader_lib
+from lgm.models.clip import CLIP
+from lgm.tasks.score import ScoreTask
+
+PyTree = Any
+LATENT_SCALE_FILE = 'latent_scale.json'
+
+
+def stage_dir(workdir: str, relative: str) -> str:
+  return os.path.normpath(os.path.join(workdir, relative))
+
+
+def load_stage(workdir: str, relative: str, name: str):
+  """The trained stage `name` at `relative` to `workdir`, or a one-line error naming it."""
+  from lgm.train import workdir as workdir_lib
+  path = stage_dir(workdir, relative)
+  try:
+    return workdir_lib.load_trained(path)
+  except FileNotFoundError:
+    raise FileNotFoundError(f'the {name} stage has no trained model in {path}; train it first (the t2i job '
+                            f'trains its stages in order: python -m experiments.train --config=configs/t2i_shapes.py '
+                            f'--workdir={os.path.dirname(path)}).') from None
+
+
+class TextToImageTask(ScoreTask):
+  """Text-conditioned score model on VAE latents; `sample_images` draws guided samples."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str | None = None):
+    if workdir is None:
+      raise ValueError('a text-to-image task reads its VAE and CLIP stages next to its work directory; '
+                       'give it one (or use configs/t2i_shapes.py, which trains them).')
+    self.config = config
+    self.vae = load_stage(workdir, config.stages.vae, 'vae')
+    self.clip = load_stage(workdir, config.stages.clip, 'clip')
+    clip_model: CLIP = self.clip.task.model
+    super().__init__(config, workdir, context_dim=clip_model.text_width, vector_dim=clip_model.embed_dim)
+    self.data_shape = self.vae.task.latent_shape
+    self.tokenizer = self.clip.task.tokenizer
+    self.p_uncond = float(config.text.p_uncond)
+    self.tune_text = bool(config.text.tune)
+    self.latent_scale = self._latent_scale(config, workdir)
+    self.guidance = float(config.sampling_guidance)
+
+  def _latent_scale(self, config, workdir: str) -> float:
+    path = os.path.join(workdir, LATENT_SCALE_FILE)
+    if os.path.exists(path):
+      with open(path) as f:
+        return float(json.load(f)['latent_scale'])
+    images, _ = loader_lib.load_arrays(config, config.data.train_split, config.latent.scale_examples)
+    latents = np.concatenate([np.asarray(self.vae.task.encode(self.vae.params, images['image'][i:i + 250]))
+                              for i in range(0, len(images['image']), 250)])
+    scale = float(1.0 / latents.std())
+    if jax.process_index() == 0:
+      os.makedirs(workdir, exist_ok=True)
+      with open(path, 'w') as f:
+        json.dump({'latent_scale': scale, 'num_images': len(latents)}, f)
+    return scale
+
+  # --- between images and latents ---------------------------------------------------------------------
+  def to_data(self, images: jax.Array) -> jax.Array:
+    return self.latent_scale * self.vae.task.encode(self.vae.params, images)
+
+  def to_images(self, x: jax.Array) -> jax.Array:
+    return self.vae.task.decode(self.vae.params, x / self.latent_scale)
+
+  # --- text conditioning --------------------------------------------------------------------------------
+  def tokenize(self, texts) -> np.ndarray:
+    return self.tokenizer(texts)
+
+  def text_conditioning(self, params: PyTree, tokens: jax.Array) -> dict[str, jax.Array]:
+    """Token ids -> {'context', 'context_mask', 'vector'} for the score network."""
+    clip_params = self.clip.params
+    if self.tune_text:
+      clip_params = {**clip_params, 'text': params['text']}
+    out = self.clip.task.model.apply({'params': clip_params}, tokens, method=CLIP.encode_text)
+    if not self.tune_text:
+      out = jax.lax.stop_gradient(out)
+    return {'context': out['tokens'].astype(jnp.float32), 'context_mask': out['mask'], 'vector': out['embedding']}
+
+  @staticmethod
+  def keep_only(conditioning: dict[str, jax.Array], keep: jax.Array) -> dict[str, jax.Array]:
+    """Where `keep` (batch,) is False, the null condition: no context tokens, zero vector."""
+    return {'context': conditioning['context'],
+            'context_mask': conditioning['context_mask'] & keep[:, None],
+            'vector': conditioning['vector'] * keep[:, None]}
+
+  def score_fn(self, params: PyTree, train: bool = False, rng: jax.Array | None = None, **conditioning):
+    return super().score_fn(params['score'], train, rng, **conditioning)
+
+  def guided_score_fn(self, params: PyTree, conditioning: dict, unconditional: dict, guidance: float):
+    """Classifier-free guidance: s_u + guidance * (s_c - s_u), both halves in one network call
+    (guidance 1 is the conditional model alone, 0 the unconditional one)."""
+    both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), conditioning, unconditional)
+    score = self.score_fn(params, **both)
+
+    def guided(x, t):
+      s = score(jnp.concatenate([x, x]), jnp.concatenate([t, t]))
+      s_cond, s_uncond = jnp.split(s, 2)
+      return s_uncond + guidance * (s_cond - s_uncond)
+    return guided
+
+  # --- what the trainer calls ---------------------------------------------------------------------------
+  def prepare_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {**batch, 'tokens': self.tokenize(list(batch['caption']))}
+
+  def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    return {'image': jax.ShapeDtypeStruct((batch_size, *self.image_shape), jnp.float32),
+            'tokens': jax.ShapeDtypeStruct((batch_size, self.tokenizer.context_length), jnp.int32)}
+
+  def init(self, rng: jax.Array) -> PyTree:
+    tokens = jnp.asarray(self.tokenize(''))
+    params = {'text': self.clip.params['text']} if self.tune_text else {}
+    conditioning = self.text_conditioning(params, tokens)
+    x = jnp.zeros((1, *self.data_shape), jnp.float32)
+    params['score'] = self.model.init({'params': rng, 'dropout': rng}, x, jnp.ones((1,)), **conditioning)['params']
+    return params
+
+  def _conditioned_loss(self, params, batch, rng, train):
+    drop_rng, loss_rng = jax.random.split(rng)
+    conditioning = self.text_conditioning(params, batch['tokens'])
+    if train:
+      keep = jax.random.uniform(drop_rng, (batch['tokens'].shape[0],)) >= self.p_uncond
+      conditioning = self.keep_only(conditioning, keep)
+    return self._loss(params, self.to_data(batch['image']), loss_rng, train, **conditioning)
+
+  def loss(self, params: PyTree, batch: dict, rng: jax.Array, train: bool = True):
+    return self._conditioned_loss(params, batch, rng, train), {}
+
+  def evaluate(self, params: PyTree, batch: dict, rng: jax.Array) -> dict[str, jax.Array]:
+    """The denoising loss on held-out latents with their captions."""
+    return {'loss': self._conditioned_loss(params, batch, rng, train=False)}
+
+  # --- generation -------------------------------------------------------------------------------------------
+  @functools.partial(jax.jit, static_argnums=0, static_argnames=('options',))
+  def sample_images(self, params: PyTree, noise: jax.Array, tokens: jax.Array, negative_tokens: jax.Array,
+                    use_text: jax.Array, guidance: jax.Array, rng: jax.Array, options=()):
+    """Images in [-1, 1] (and nfe) from prior `noise` (batch, *data_shape) guided by `tokens`.
+
+    The guidance's "unconditional" half reads `negative_tokens` where `use_text` (batch, 2) [:, 1] is True,
+    else the null condition; [:, 0] False makes the prompt itself null (an empty prompt).
+    """
+    conditioning = self.keep_only(self.text_conditioning(params, tokens), use_text[:, 0])
+    unconditional = self.keep_only(self.text_conditioning(params, negative_tokens), use_text[:, 1])
+    score = self.guided_score_fn(params, conditioning, unconditional, guidance)
+    options = {**self.sampling, **dict(options)}
+    x, nfe = sampling.sample(rng, self.sde, score, noise.shape, x_start=noise, **options)
+    return jnp.clip(self.to_images(x), -1.0, 1.0), nfe
+
+  def images(self, params: PyTree, batch: dict, rng: jax.Array) -> dict[str, jax.Array]:
+    """Guided samples for the first `sampling.num_samples` captions of the batch, beside the real images."""
+    num = min(self.num_samples, batch['tokens'].shape[0])
+    tokens = batch['tokens'][:num]
+    noise = self.sde.prior_sampling(rng, (num, *self.data_shape))
+    use_text = jnp.stack([jnp.ones((num,), bool), jnp.zeros((num,), bool)], axis=1)
+    samples, _ = self.sample_images(params, noise, tokens, tokens, use_text, jnp.float32(self.guidance), rng)
+    pairs = jnp.stack([batch['image'][:num], samples], axis=1).reshape(-1, *self.image_shape)
+    return {'captioned_samples': pairs}
