@@ -1,6 +1,7 @@
 """Evaluate the latest checkpoint of a work directory; appends `eval/...` to DIR/metrics.jsonl.
 
 python -m experiments.evaluate --workdir=runs/vae_shapes [--num_samples=2000]
+python -m experiments.evaluate --workdir=runs/t2i_shapes [--num_samples=1000]   # a t2i job: its report metrics
 """
 
 import sys
@@ -24,6 +25,11 @@ def main(argv):
   from lgm.train import mesh as mesh_lib, metrics as metrics_lib, trainer, workdir as workdir_lib
 
   config = workdir_lib.read_config(_WORKDIR.value)
+  if 'stage_order' in config:
+    from lgm import jobs
+    results = jobs.evaluate_text_to_image(_WORKDIR.value, config.report, _NUM_SAMPLES.value)
+    print(', '.join(f'{k}={v:.4f}' for k, v in results.items()))
+    return
   mesh = mesh_lib.make_mesh(config.mesh)
   trainer.check_batch_size(config.eval.batch_size, mesh.size, 'eval.batch_size')
   trained = workdir_lib.load_trained(_WORKDIR.value, mesh=mesh)

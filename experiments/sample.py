@@ -2,10 +2,14 @@
 
 python -m experiments.sample --workdir=runs/vae_shapes --out=samples.png [--num=64] [--seed=0]
 python -m experiments.sample --workdir=runs/sde_vp_shapes --out=samples.png [--sampler=edm_heun --steps=12]
+python -m experiments.sample --workdir=runs/t2i_shapes --prompt="a large red circle in the top left" --out=x.png \
+    [--negative_prompt=...] [--guidance=3] [--sampler=dpm_solver --steps=19] [--num=16] [--seed=0]
 
 A VAE samples by decoding N(0, I) latents. A score model reverses its SDE with `config.sampling`,
-`--sampler` (a method of lgm.sampling) and `--steps` overriding it. Text prompts and guidance belong to
-text-conditioned models (the flags are the contract of DESIGN.md); a model that has none refuses them.
+`--sampler` (a method of lgm.sampling) and `--steps` overriding it. A text-to-image job (or its score
+stage) draws --num images of --prompt, image i from seed --seed + i (no --prompt: unconditional).
+Text prompts and guidance belong to text-conditioned models (the flags are the contract of DESIGN.md);
+a model that has none refuses them.
 """
 
 from absl import flags
@@ -34,6 +38,15 @@ def main(argv):
 
   if _NUM.value < 1:
     raise ValueError(f'--num must be at least 1, got {_NUM.value}.')
+  config = workdir_lib.read_config(_WORKDIR.value)
+  if 'stage_order' in config or config.get('task') == 'text_to_image':
+    from lgm.pipeline import TextToImage
+    pipe = TextToImage.from_workdir(_WORKDIR.value)
+    samples, nfe = pipe([_PROMPT.value or ''] * _NUM.value, negative_prompt=_NEGATIVE.value,
+                        guidance=_GUIDANCE.value, seed=_SEED.value, sampler=_SAMPLER.value, steps=_STEPS.value)
+    print(f'{_NUM.value} samples, {nfe} guided score evaluations each')
+    print(images.save_grid(_OUT.value, samples, upscale=2))
+    return
   trained = workdir_lib.load_trained(_WORKDIR.value)
   task = trained.task
   diffusion = trained.config.task == 'score'

@@ -62,7 +62,7 @@ class TextToImage:
     return np.stack([np.asarray(self.task.sde.prior_sampling(jax.random.PRNGKey(int(s)), (1, *shape)))[0]
                      for s in seeds])
 
-  def _run(self, prompts, negative_prompt, guidance, noise, seeds, options, x_start_fn=None):
+  def _run(self, prompts, negative_prompt, guidance, noise, seeds, options, known=None):
     if guidance is None:
       guidance = self.task.guidance
     if guidance < 0:
@@ -75,9 +75,12 @@ class TextToImage:
     for start in range(0, len(prompts), size):
       rows = slice(start, start + size)
       pad = size - len(tokens[rows])
-      padded = [np.concatenate([a[rows], np.repeat(a[rows][-1:], pad, axis=0)]) for a in (tokens, negatives, use_text, noise)]
+      pad_rows = lambda a: np.concatenate([a[rows], np.repeat(a[rows][-1:], pad, axis=0)])
+      padded = [pad_rows(np.asarray(a)) for a in (tokens, negatives, use_text, noise)]
+      known_rows = None if known is None else tuple(pad_rows(np.asarray(a)) for a in known)
       out, nfe = self.task.sample_images(self.params, jnp.asarray(padded[3]), padded[0], padded[1], padded[2],
-                                         jnp.float32(guidance), jax.random.PRNGKey(int(seeds[start])), options=options)
+                                         jnp.float32(guidance), jax.random.PRNGKey(int(seeds[start])),
+                                         known=known_rows, options=options)
       images.append(np.asarray(out)[:size - pad])
     return np.concatenate(images), int(nfe)
 
@@ -114,7 +117,7 @@ class TextToImage:
     latents = np.asarray(self.task.to_data(jnp.asarray(images, jnp.float32)))
     sde, t_start = self.task.sde, strength * self.task.sde.T
     noise = self._noise(seeds)
-    options = dict(self._options(sampler, steps))
+    options, known = dict(self._options(sampler, steps)), None
     if mask is None:
       alpha, sigma = sde.marginal_coefficients(jnp.full((len(latents),), t_start))
       x = np.asarray(alpha)[:, None, None, None] * latents + np.asarray(sigma)[:, None, None, None] * noise
@@ -123,10 +126,9 @@ class TextToImage:
       mask = np.broadcast_to(np.asarray(mask, np.float32), images.shape[:3])
       h, w = latents.shape[1:3]
       cells = mask.reshape(len(mask), h, mask.shape[1] // h, w, mask.shape[2] // w).max(axis=(2, 4))
-      known = 1.0 - np.repeat(cells[..., None], latents.shape[-1], axis=-1)
-      options.update(constraint=sampling.inpainting(jnp.asarray(latents), jnp.asarray(known)))
+      known = (latents, 1.0 - np.repeat(cells[..., None], latents.shape[-1], axis=-1))
       x = noise
-    return self._run(prompts, negative_prompt, guidance, x, seeds, tuple(sorted(options.items())))
+    return self._run(prompts, negative_prompt, guidance, x, seeds, tuple(sorted(options.items())), known)
 
   def interpolate(self, prompt_a: str, prompt_b: str, num: int = 8, seed: int = 0, guidance: float | None = None,
                   **kwargs) -> np.ndarray:

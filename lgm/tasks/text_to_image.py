@@ -162,16 +162,20 @@ class TextToImageTask(ScoreTask):
   # --- generation -------------------------------------------------------------------------------------------
   @functools.partial(jax.jit, static_argnums=0, static_argnames=('options',))
   def sample_images(self, params: PyTree, noise: jax.Array, tokens: jax.Array, negative_tokens: jax.Array,
-                    use_text: jax.Array, guidance: jax.Array, rng: jax.Array, options=()):
+                    use_text: jax.Array, guidance: jax.Array, rng: jax.Array, known: tuple | None = None,
+                    options=()):
     """Images in [-1, 1] (and nfe) from prior `noise` (batch, *data_shape) guided by `tokens`.
 
     The guidance's "unconditional" half reads `negative_tokens` where `use_text` (batch, 2) [:, 1] is True,
     else the null condition; [:, 0] False makes the prompt itself null (an empty prompt).
+    `known` = (latents, mask): inpainting, the latent cells where mask is 1 are kept.
     """
     conditioning = self.keep_only(self.text_conditioning(params, tokens), use_text[:, 0])
     unconditional = self.keep_only(self.text_conditioning(params, negative_tokens), use_text[:, 1])
     score = self.guided_score_fn(params, conditioning, unconditional, guidance)
     options = {**self.sampling, **dict(options)}
+    if known is not None:
+      options['constraint'] = sampling.inpainting(*known)
     x, nfe = sampling.sample(rng, self.sde, score, noise.shape, x_start=noise, **options)
     return jnp.clip(self.to_images(x), -1.0, 1.0), nfe
 

@@ -1,0 +1,169 @@
+"""Text-to-image: the job end to end on a tiny scale, classifier-free guidance against its definition,
+per-image seeds, the pipeline's bad inputs, and the Fréchet distance against the standard formula."""
+
+import os
+import subprocess
+import sys
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import PIL.Image
+import pytest
+import scipy.linalg
+
+from configs import t2i_shapes
+from lgm import evaluation, jobs
+from lgm.pipeline import TextToImage
+from lgm.train import metrics as metrics_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_job_config():
+  """configs/t2i_shapes.py at seconds scale: 20 steps per stage, narrow networks, 16 report images."""
+  config = t2i_shapes.get_config()
+  for stage in config.stage_order:
+    c = config[stage]
+    c.train.num_steps = c.train.checkpoint_every = c.eval.every = 20
+    c.train.log_every = 10
+    c.eval.num_examples = 200
+  config.vae.model.ch = 8
+  config.clip.model.text_layers = config.clip.model.image_layers = 1
+  config.clip.model.text_width = config.clip.model.image_width = config.clip.model.embed_dim = 32
+  config.classifier.model.ch = 8
+  config.score.model.nf = 16
+  config.score.model.num_res_blocks = 1
+  config.score.latent.scale_examples = 200
+  config.score.sampling.num_samples = 4
+  config.report.num_images = 16
+  config.report.prompts = config.report.prompts[:4]
+  return config
+
+
+@pytest.fixture(scope='module')
+def job(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('t2i'))
+  metrics = jobs.run_job(tiny_job_config(), workdir)
+  return workdir, metrics
+
+
+@pytest.fixture(scope='module')
+def pipe(job):
+  return TextToImage.from_workdir(job[0], batch_size=4)
+
+
+def test_job_trains_every_stage_then_reports(job):
+  workdir, metrics = job
+  for stage in ('vae', 'clip', 'classifier', 'score'):
+    assert os.path.isdir(os.path.join(workdir, stage, 'checkpoints'))
+  for g in ('g1', 'g3'):
+    for key in ('fidelity_all', 'fidelity_colour', 'fidelity_shape', 'fidelity_size', 'fidelity_position',
+                'clip_score', 'fid_clip', 'nfe'):
+      assert f'{key}_{g}' in metrics
+  assert metrics['nfe_g3'] == 20 and metrics['num_images'] == 16
+  report = open(os.path.join(workdir, 'report.md')).read()
+  assert '| 3 | ' in report and '| 1 | ' in report and 'samples/prompts.png' in report
+  with PIL.Image.open(os.path.join(workdir, 'samples', 'prompts.png')) as image:
+    assert min(image.size) >= 64
+  assert metrics_lib.read_metrics(workdir)[-1]['eval/fidelity_all_g3'] == metrics['fidelity_all_g3']
+  assert os.path.exists(os.path.join(workdir, 'score', 'latent_scale.json'))
+
+
+def test_guidance_is_uncond_plus_scale_times_the_difference(pipe):
+  task, params = pipe.task, pipe.params
+  cond = task.text_conditioning(params, jnp.asarray(task.tokenize(['a red circle', 'a big blue square'])))
+  null = task.keep_only(cond, jnp.zeros((2,), bool))
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, *task.data_shape))
+  t = jnp.array([0.3, 0.7])
+  s_cond, s_uncond = task.score_fn(params, **cond)(x, t), task.score_fn(params, **null)(x, t)
+  assert float(jnp.abs(s_cond - s_uncond).max()) > 1e-4  # the text changes the score
+  for g in (0.0, 1.0, 3.0):
+    guided = task.guided_score_fn(params, cond, null, g)(x, t)
+    np.testing.assert_allclose(guided, s_uncond + g * (s_cond - s_uncond), rtol=1e-4, atol=1e-4)
+
+
+def test_an_image_depends_on_its_seed_not_its_batch(pipe):
+  both, nfe = pipe(['a small red circle in the top left', 'a large blue square in the center'], seeds=[5, 6])
+  alone, _ = pipe(['a large blue square in the center'], seeds=[6])
+  np.testing.assert_allclose(both[1], alone[0], atol=1e-4)
+  again, _ = pipe(['a large blue square in the center'], seeds=[7])
+  assert np.abs(again[0] - alone[0]).max() > 1e-3
+  assert nfe == 20 and both.shape == (2, 32, 32, 3)
+
+
+def test_empty_prompt_is_unconditional_and_odd_prompts_work(pipe):
+  plain, _ = pipe([''], seeds=[1], guidance=1.0)
+  strong, _ = pipe([''], seeds=[1], guidance=5.0)  # null vs null: guidance has nothing to amplify
+  np.testing.assert_allclose(plain, strong, atol=1e-5)
+  images, _ = pipe(['un cercle rouge 🔴 à gauche', 'a red circle'], negative_prompt='blue', seeds=[1, 2])
+  assert np.isfinite(images).all()
+  with pytest.warns(UserWarning, match='truncated'):
+    pipe(['a very long prompt ' * 30], seeds=[0])
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    ({'guidance': -1.0}, 'guidance must be >= 0'),
+    ({'steps': 0}, 'steps must be >= 1'),
+    ({'seeds': [1, 2]}, '2 seeds for 1 prompts'),
+])
+def test_pipeline_bad_inputs(pipe, kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    pipe(['a red circle'], **kwargs)
+
+
+def test_img2img_stays_near_the_input_at_low_strength(pipe, job):
+  from lgm.data import load_arrays
+  images = load_arrays(pipe.task.config, 'test', 4)[0]['image']
+  recon = np.asarray(pipe.task.to_images(pipe.task.to_data(jnp.asarray(images))))
+  near, _ = pipe.img2img(images, 'a red circle', strength=0.05, seeds=range(4))
+  far, _ = pipe.img2img(images, 'a red circle', strength=1.0, seeds=range(4))
+  assert np.abs(near - recon).mean() < 0.5 * np.abs(far - recon).mean()
+  mask = np.zeros((32, 32))
+  mask[:16] = 1
+  filled, _ = pipe.inpaint(images, mask, 'a red circle', seeds=range(4))
+  assert filled.shape == images.shape and np.isfinite(filled).all()
+  with pytest.raises(ValueError, match='strength must be in'):
+    pipe.img2img(images, 'a red circle', strength=0.0)
+
+
+def test_missing_stages_are_named(job, tmp_path):
+  with pytest.raises(FileNotFoundError, match='score stage'):
+    TextToImage.from_workdir(str(tmp_path))
+  from lgm import tasks
+  config = tiny_job_config().score
+  with pytest.raises(FileNotFoundError, match='the vae stage has no trained model'):
+    tasks.get_task(config, str(tmp_path / 'score'))
+
+
+def test_sample_cli_draws_prompts(job, tmp_path):
+  out = str(tmp_path / 'x.png')
+  result = subprocess.run([sys.executable, '-m', 'experiments.sample', f'--workdir={job[0]}', f'--out={out}',
+                           '--prompt=a large red circle in the top left', '--negative_prompt=blue', '--num=2'],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert '2 samples, 20 guided score evaluations each' in result.stdout
+  with PIL.Image.open(out) as image:
+    assert min(image.size) >= 64
+  result = subprocess.run([sys.executable, '-m', 'experiments.sample', f'--workdir={job[0]}', f'--out={out}',
+                           '--prompt=x', '--guidance=-2'], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 2 and result.stderr.strip().startswith('error: guidance must be >= 0')
+
+
+def test_frechet_distance_matches_the_standard_formula():
+  rng = np.random.default_rng(0)
+  a, b = rng.standard_normal((500, 6)), rng.standard_normal((400, 6)) @ rng.standard_normal((6, 6)) + 0.3
+  (mu1, c1), (mu2, c2) = evaluation.gaussian_statistics(a), evaluation.gaussian_statistics(b)
+  standard = np.sum((mu1 - mu2) ** 2) + np.trace(c1 + c2 - 2 * scipy.linalg.sqrtm(c1 @ c2).real)
+  np.testing.assert_allclose(evaluation.frechet_distance(mu1, c1, mu2, c2), standard, rtol=1e-6)
+  assert abs(evaluation.frechet_distance(mu1, c1, mu1, c1)) < 1e-6
+
+
+def test_fidelity_and_clip_score():
+  asked = {'colour': np.array([0, 1, 2, 3]), 'shape': np.array([0, 0, 1, 1])}
+  read = {'colour': np.array([0, 1, 2, 0]), 'shape': np.array([0, 1, 1, 1])}
+  got = evaluation.fidelity(read, asked)
+  assert got == {'fidelity_colour': 0.75, 'fidelity_shape': 0.75, 'fidelity_all': 0.5}
+  v = np.array([[1.0, 0.0], [0.0, 2.0]])
+  assert evaluation.clip_score(v, np.array([[2.0, 0.0], [0.0, -1.0]])) == 50.0
