@@ -1,6 +1,6 @@
 """How many score evaluations each sampler needs on a 2-D Gaussian mixture, against Euler-Maruyama at 1000 steps.
 
-python -m benchmarks.sampler_nfe [--sdes=vpsde,vesde] [--num=100000] [--seeds=3]
+python -m benchmarks.sampler_nfe [--sdes=vpsde,vesde] [--num=100000] [--seeds=3] [--samplers='dpm_solver (3M),ode']
 
 The mixture's perturbed score is exact (no network), so only the samplers differ. Quality is the sliced
 Wasserstein-2 distance (256 random directions) between a sampler's draws and exact draws of the mixture,
@@ -23,6 +23,7 @@ from lgm import sde as sde_lib
 _SDES = flags.DEFINE_list('sdes', ['vpsde', 'vesde'], 'SDEs to run.')
 _NUM = flags.DEFINE_integer('num', 100000, 'Samples per run.')
 _SEEDS = flags.DEFINE_integer('seeds', 3, 'Sampler seeds averaged per setting.')
+_ONLY = flags.DEFINE_list('samplers', None, 'Only the samplers whose names start with one of these (default: all).')
 
 # Five components of different weights, sizes and orientations, within [-1, 1]^2 like image data.
 MEANS = np.array([[-0.6, -0.6], [0.6, -0.5], [0.0, 0.6], [-0.7, 0.5], [0.7, 0.6]], np.float32)
@@ -106,6 +107,8 @@ def main(argv):
     sweeps = {name: [(method, steps, options) for steps in STEPS] for name, (method, options) in SAMPLERS.items()
               if not (name == 'pc ancestral' and sde_name == 'subvpsde')}
     sweeps['ode (Tsit5, adaptive)'] = [('ode', 1, {'rtol': tol, 'atol': tol}) for tol in ODE_TOLERANCES]
+    if _ONLY.value:
+      sweeps = {name: trials for name, trials in sweeps.items() if any(name.startswith(p) for p in _ONLY.value)}
     for name, trials in sweeps.items():
       best_small, reached = None, None
       for method, steps, options in trials:  # ever finer, until EM-1000's distance is reached

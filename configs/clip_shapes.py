@@ -23,6 +23,11 @@ def get_config(arg: str | None = None):
   tokenizer.num_captions = 5000    # captions the merges are learned from
   tokenizer.context_length = 24    # shapes captions are 6 to 16 BPE tokens (+ start and end)
 
+  # 'latent': the image tower reads the 8x8x4 latents of the VAE at stages.vae (relative to the work
+  # directory; set model.patch_size=1 or 2), the space a latent diffusion model generates in.
+  config.image_input = 'pixels'
+  config.stages = ml_collections.ConfigDict({'vae': '../vae'})
+
   model = config.model
   model.name = 'clip'
   model.embed_dim = 128

@@ -42,9 +42,9 @@ def loss_flops(task, params, batch_size: int, with_gradient: bool) -> float:
   return compiled_flops(fn, params, dummy_batch(task, batch_size), jax.random.PRNGKey(0))
 
 
-def report(config: ml_collections.ConfigDict) -> str:
+def report(config: ml_collections.ConfigDict, workdir: str | None = None) -> str:
   """The text experiments.inspect prints; its last line is `params: N`, preceded by FLOPs where known."""
-  task = tasks.get_task(config)
+  task = tasks.get_task(config, workdir)
   params = jax.eval_shape(task.init, jax.random.PRNGKey(0))
   rows = parameter_table(params)
   width = max(len(r[0]) for r in rows)

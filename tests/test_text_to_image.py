@@ -167,3 +167,19 @@ def test_fidelity_and_clip_score():
   assert got == {'fidelity_colour': 0.75, 'fidelity_shape': 0.75, 'fidelity_all': 0.5}
   v = np.array([[1.0, 0.0], [0.0, 2.0]])
   assert evaluation.clip_score(v, np.array([[2.0, 0.0], [0.0, -1.0]])) == 50.0
+
+
+def test_clip_can_read_vae_latents_instead_of_pixels(job):
+  """The image tower on the job's 8x8x4 VAE latents: trains, evaluates, and embeds pixels through the VAE."""
+  from lgm.train import trainer
+  config = tiny_job_config().clip
+  config.image_input = 'latent'
+  config.model.patch_size = 2
+  workdir = os.path.join(job[0], 'clip_latent')
+  final = trainer.train_and_evaluate(config, workdir)
+  assert 'eval/zeroshot_colour' in final
+  from lgm.train import workdir as workdir_lib
+  trained = workdir_lib.load_trained(workdir)
+  assert trained.task.vae is not None
+  embeddings = trained.task.encode_images(trained.params, jnp.zeros((2, 32, 32, 3)))
+  np.testing.assert_allclose(np.linalg.norm(embeddings, axis=-1), 1.0, rtol=1e-4)

@@ -74,6 +74,16 @@ class ClipTask:
     self.loss_fn = losses.CONTRASTIVE_LOSSES[config.loss.name]
     size, channels = config.data.image_size, config.data.channels
     self.image_shape = (size, size, channels)
+    # The image tower reads pixels, or the latents of a trained VAE (`image_input='latent'`, the VAE at
+    # `stages.vae` relative to the work directory), the space a latent diffusion model generates in.
+    self.vae = None
+    if config.get('image_input', 'pixels') == 'latent':
+      from lgm.tasks.text_to_image import load_stage  # deferred: that module builds on this one's peers
+      if workdir is None:
+        raise ValueError("image_input='latent' reads a trained VAE next to the work directory; give one.")
+      self.vae = load_stage(workdir, config.stages.vae, 'vae')
+    elif config.get('image_input', 'pixels') != 'pixels':
+      raise ValueError(f"unknown image_input {config.image_input!r}; valid: ['pixels', 'latent']")
     self.prompts = evaluation.prompt_table(config.data.dataset)
 
   # --- the text-image space ------------------------------------------------------------------------
@@ -85,10 +95,14 @@ class ClipTask:
     """Normalised 'embedding' (batch, embed_dim), per-token features 'tokens' and their 'mask'."""
     return self.model.apply({'params': params}, tokens, method=CLIP.encode_text)
 
+  def tower_input(self, images: jax.Array) -> jax.Array:
+    """What the image tower reads: the images, or their VAE latents (posterior means)."""
+    return images if self.vae is None else self.vae.task.encode(self.vae.params, images)
+
   @functools.partial(jax.jit, static_argnums=0)
   def encode_images(self, params: PyTree, images: jax.Array) -> jax.Array:
     """Images in [-1, 1] -> normalised embeddings (batch, embed_dim)."""
-    return self.model.apply({'params': params}, images, method=CLIP.encode_image)['embedding']
+    return self.model.apply({'params': params}, self.tower_input(images), method=CLIP.encode_image)['embedding']
 
   def encode_text(self, params: PyTree, texts) -> np.ndarray:
     """Strings -> normalised embeddings (numpy), in fixed-size batches (one compilation)."""
@@ -114,12 +128,12 @@ class ClipTask:
             'tokens': jax.ShapeDtypeStruct((batch_size, self.tokenizer.context_length), jnp.int32)}
 
   def init(self, rng: jax.Array) -> PyTree:
-    images = jnp.zeros((1, *self.image_shape), jnp.float32)
+    images = self.tower_input(jnp.zeros((1, *self.image_shape), jnp.float32))
     tokens = jnp.asarray(self.tokenize(''))
     return self.model.init(rng, images, tokens)['params']
 
   def _loss(self, params, batch):
-    out = self.model.apply({'params': params}, batch['image'], batch['tokens'])
+    out = self.model.apply({'params': params}, self.tower_input(batch['image']), batch['tokens'])
     return self.loss_fn(out['image'], out['text'], out['scale'], out['bias']), out
 
   def loss(self, params: PyTree, batch: dict, rng: jax.Array, train: bool = True):
