@@ -30,6 +30,11 @@ def make_tiny_config(**overrides):
   config.eval.every = 20
   config.eval.batch_size = 16
   config.eval.num_examples = 64
+  return set_keys(config, overrides)
+
+
+def set_keys(config, overrides: dict):
+  """Sets dotted keys ('train.num_steps': 5) of `config` in place; returns it."""
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split('.')

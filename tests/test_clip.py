@@ -13,6 +13,7 @@ import PIL.Image
 import pytest
 
 from configs import clip_shapes
+from conftest import set_keys
 from lgm import evaluation, losses, tasks
 from lgm import tokenizer as tokenizer_lib
 from lgm.data import shapes
@@ -45,13 +46,7 @@ def tiny_clip_config(**overrides):
   config.eval.every = 150
   config.eval.batch_size = 40
   config.eval.num_examples = 200
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
-  return config
+  return set_keys(config, overrides)
 
 
 @pytest.fixture(scope='module')
