@@ -1,10 +1,12 @@
 """Train-step throughput of a config, and its achieved FLOP/s as a fraction of this machine's matmul peak.
 
-python -m benchmarks.train_step --config=configs/vae_shapes.py [--steps=30]
+python -m benchmarks.train_step --config=configs/vae_shapes.py [--steps=30] [--workdir=DIR]
 
 The peak is measured here, not quoted: the best f32 2048x2048 matmul rate through jax.jit. The
 train step's FLOPs are XLA's own count for the compiled step (forward, backward, optimizer, EMA).
-Synthetic batches: this measures compute, not the data pipeline.
+Synthetic batches (of the task's own batch spec: uniform images, zero integer fields): this measures
+compute, not the data pipeline. Tasks that read files of their run (a CLIP tokenizer, the stages of a
+text-to-image model) take the run's `--workdir`.
 """
 
 import json
@@ -36,18 +38,21 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
   return 2 * n**3 / best_seconds(lambda: matmul(a), repeats)
 
 
-def measure(config, steps: int = 30, peak: float | None = None) -> dict:
+def synthetic_batch(task, batch_size: int) -> dict[str, np.ndarray]:
+  rng = np.random.default_rng(0)
+  return {k: (rng.uniform(-1, 1, s.shape).astype(s.dtype) if jnp.issubdtype(s.dtype, jnp.floating)
+              else np.zeros(s.shape, s.dtype)) for k, s in inspection.dummy_batch(task, batch_size).items()}
+
+
+def measure(config, steps: int = 30, peak: float | None = None, workdir: str | None = None) -> dict:
   """Timings of `steps` train steps of `config` on synthetic data (after 3 warm-up steps)."""
   mesh = mesh_lib.make_mesh(config.mesh)
-  task = tasks.get_task(config)
+  task = tasks.get_task(config, workdir)
   tx, schedule = state_lib.make_optimizer(config)
   state, shardings = state_lib.create_train_state(task.init, tx, config.seed, mesh)
   step = state_lib.make_train_step(task.loss, tx, schedule, config.train.ema_decay, mesh, shardings)
   batch_size = config.train.batch_size
-  rng = np.random.default_rng(0)
-  batch = jax.device_put(
-      {'image': rng.uniform(-1, 1, (batch_size, *task.image_shape)).astype(np.float32),
-       'label': np.zeros((batch_size,), np.int32)}, mesh_lib.batch_sharding(mesh))
+  batch = jax.device_put(synthetic_batch(task, batch_size), mesh_lib.batch_sharding(mesh))
   start = time.perf_counter()
   step_flops = inspection.compiled_flops(
       lambda s, b: step(s, b), state, batch)  # the same program as `step`, counted by XLA
@@ -74,10 +79,11 @@ def measure(config, steps: int = 30, peak: float | None = None) -> dict:
 
 def main(argv):
   del argv
-  print(json.dumps(measure(flags.FLAGS.config, flags.FLAGS.steps), indent=2))
+  print(json.dumps(measure(flags.FLAGS.config, flags.FLAGS.steps, workdir=flags.FLAGS.workdir), indent=2))
 
 
 if __name__ == '__main__':  # flags here, so that other benchmarks can import `measure`
   config_flags.DEFINE_config_file('config', 'configs/vae_shapes.py', 'Experiment config.')
   flags.DEFINE_integer('steps', 30, 'Timed steps (after 3 warm-up steps).')
+  flags.DEFINE_string('workdir', None, 'The run directory, for tasks that read files there (clip, text_to_image).')
   app.run(main)

@@ -27,7 +27,7 @@ from absl import flags, logging
 from experiments import common
 
 from lgm import semantic
-from lgm.data import load_arrays
+from lgm.data.loader import load_arrays
 from lgm.images import save_grid
 from lgm.tasks.clip import ClipTask
 from lgm.train.workdir import load_trained

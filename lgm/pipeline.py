@@ -58,9 +58,10 @@ class TextToImage:
     return tuple(sorted(options.items()))
 
   def _noise(self, seeds: Sequence[int]) -> np.ndarray:
-    shape = self.task.data_shape
-    return np.stack([np.asarray(self.task.sde.prior_sampling(jax.random.PRNGKey(int(s)), (1, *shape)))[0]
-                     for s in seeds])
+    """The prior draw of each seed, as if drawn alone (one vmapped call, not one dispatch per image)."""
+    shape = (1, *self.task.data_shape)
+    draw = lambda seed: self.task.sde.prior_sampling(jax.random.PRNGKey(seed), shape)[0]
+    return np.asarray(jax.vmap(draw)(jnp.asarray(seeds, jnp.uint32)))
 
   def _run(self, prompts, negative_prompt, guidance, noise, seeds, options, known=None):
     if guidance is None:
@@ -88,6 +89,8 @@ class TextToImage:
     seeds = list(range(seed, seed + num)) if seeds is None else list(seeds)
     if len(seeds) != num:
       raise ValueError(f'{len(seeds)} seeds for {num} prompts; give one seed per prompt.')
+    if any(not 0 <= int(s) < 2**32 for s in seeds):
+      raise ValueError(f'seeds must be integers in [0, 2**32), got {seeds}.')
     return seeds
 
   # --- the API ------------------------------------------------------------------------------------------

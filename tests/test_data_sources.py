@@ -16,9 +16,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from lgm import images
-from lgm.data import catalog, digits, folder, shapes, sources, transforms
+from lgm.data import catalog, digits, folder, shapes, shapes_dataset, sources, transforms
 
-TINY = shapes.ShapesConfig(name='tiny_test', num_train=48, num_test=16, seed=3)
+TINY = shapes_dataset.ShapesConfig(name='tiny_test', num_train=48, num_test=16, seed=3)
 
 # Reference colours independent of the renderer's palette (CSS-like primaries).
 REFERENCE_RGB = {
@@ -165,13 +165,13 @@ def test_parse_caption_reports_missing_and_contradictory_attributes():
 @pytest.fixture(scope='module')
 def shapes_dir(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp('tfds'))
-  shapes.prepared_builder(data_dir, TINY)
+  shapes_dataset.prepared_builder(data_dir, TINY)
   return data_dir
 
 
 def test_tfds_round_trip_matches_direct_rendering(shapes_dir):
   for split, size in [('train', TINY.num_train), ('test', TINY.num_test)]:
-    source = shapes.ShapesSource(split, shapes_dir, TINY)
+    source = shapes_dataset.ShapesSource(split, shapes_dir, TINY)
     assert len(source) == source.info.num_examples == size
     expected = shapes.make_examples(TINY.seed, split, range(size))
     for i in range(size):
@@ -181,30 +181,30 @@ def test_tfds_round_trip_matches_direct_rendering(shapes_dir):
       assert record['caption'] == expected[i]['caption'] and isinstance(record['caption'], str)
       assert all(record[n] == expected[i][n] for n in shapes.ATTRIBUTES)
       assert record['label'] == record['shape']
-  train = shapes.ShapesSource('train', shapes_dir, TINY)
-  test = shapes.ShapesSource('test', shapes_dir, TINY)
+  train = shapes_dataset.ShapesSource('train', shapes_dir, TINY)
+  test = shapes_dataset.ShapesSource('test', shapes_dir, TINY)
   train_images = {train[i]['image'].tobytes() for i in range(len(train))}
   assert not any(test[i]['image'].tobytes() in train_images for i in range(len(test)))
   assert 'tensorflow' not in sys.modules
 
 
 def test_shapes_source_info_pickle_and_bad_split(shapes_dir):
-  source = shapes.ShapesSource('train', shapes_dir, TINY)
+  source = shapes_dataset.ShapesSource('train', shapes_dir, TINY)
   assert source.info.label_names == tuple(shapes.ATTRIBUTES['shape'])
   assert source.info.attributes['position'][4] == 'center' and source.info.has_captions
   copy = pickle.loads(pickle.dumps(source))
   np.testing.assert_array_equal(copy[5]['image'], source[5]['image'])
   with pytest.raises(ValueError, match=r"valid splits: \['test', 'train'\]"):
-    shapes.ShapesSource('validation', shapes_dir, TINY)
+    shapes_dataset.ShapesSource('validation', shapes_dir, TINY)
 
 
 def test_get_source_builds_shapes_once_in_lgm_data_dir(tmp_path, monkeypatch):
   monkeypatch.setenv('LGM_DATA_DIR', str(tmp_path))
-  monkeypatch.setattr(shapes, 'ShapesSource', functools.partial(shapes.ShapesSource, config=TINY))
-  assert shapes.default_data_dir() == str(tmp_path)
+  monkeypatch.setattr(shapes_dataset, 'ShapesSource', functools.partial(shapes_dataset.ShapesSource, config=TINY))
+  assert shapes_dataset.default_data_dir() == str(tmp_path)
   source = sources.get_source('shapes', 'test')
   assert len(source) == TINY.num_test
-  info_file = tmp_path / 'shapes' / TINY.name / str(shapes.Shapes.VERSION) / 'dataset_info.json'
+  info_file = tmp_path / 'shapes' / TINY.name / str(shapes_dataset.Shapes.VERSION) / 'dataset_info.json'
   built_at = info_file.stat().st_mtime_ns
   again = sources.get_source('shapes', 'test')  # reused, not rebuilt
   assert info_file.stat().st_mtime_ns == built_at
@@ -216,7 +216,7 @@ def test_concurrent_first_use_builds_once(tmp_path):
 
   def build():
     try:
-      shapes.prepared_builder(str(tmp_path), TINY)
+      shapes_dataset.prepared_builder(str(tmp_path), TINY)
     except Exception as e:  # pylint: disable=broad-except
       errors.append(e)
 
@@ -226,7 +226,7 @@ def test_concurrent_first_use_builds_once(tmp_path):
   for t in threads:
     t.join()
   assert not errors
-  assert len(shapes.ShapesSource('train', str(tmp_path), TINY)) == TINY.num_train
+  assert len(shapes_dataset.ShapesSource('train', str(tmp_path), TINY)) == TINY.num_train
 
 
 # --- digits -------------------------------------------------------------------------------------
@@ -386,7 +386,7 @@ def test_folder_without_images_is_a_one_line_error(tmp_path, layout):
 class LgmTestCatalog(tfds.core.GeneratorBasedBuilder):
   """A two-class grey-image dataset standing in for a prepared catalog dataset (mnist-like)."""
   VERSION = tfds.core.Version('1.0.0')
-  url_infos = None  # see lgm.data.shapes.Shapes
+  url_infos = None  # see lgm.data.shapes_dataset.Shapes
 
   def _info(self):
     # DatasetInfo directly: dataset_info_from_configs looks for metadata in a package.

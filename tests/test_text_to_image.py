@@ -107,6 +107,7 @@ def test_empty_prompt_is_unconditional_and_odd_prompts_work(pipe):
     ({'guidance': -1.0}, 'guidance must be >= 0'),
     ({'steps': 0}, 'steps must be >= 1'),
     ({'seeds': [1, 2]}, '2 seeds for 1 prompts'),
+    ({'seeds': [-1]}, r'seeds must be integers in \[0, 2\*\*32\)'),
 ])
 def test_pipeline_bad_inputs(pipe, kwargs, message):
   with pytest.raises(ValueError, match=message):
@@ -114,7 +115,7 @@ def test_pipeline_bad_inputs(pipe, kwargs, message):
 
 
 def test_img2img_stays_near_the_input_at_low_strength(pipe, job):
-  from lgm.data import load_arrays
+  from lgm.data.loader import load_arrays
   images = load_arrays(pipe.task.config, 'test', 4)[0]['image']
   recon = np.asarray(pipe.task.to_images(pipe.task.to_data(jnp.asarray(images))))
   near, _ = pipe.img2img(images, 'a red circle', strength=0.05, seeds=range(4))

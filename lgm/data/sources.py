@@ -47,8 +47,8 @@ def get_source(dataset: str, split: str, data_dir: str | None = None) -> Source:
   # Imported here: the source modules import SourceInfo from this one, and only the chosen
   # source should pay for its dependencies (tfds is not needed for digits or folders).
   if dataset == 'shapes':
-    from lgm.data import shapes
-    return shapes.ShapesSource(split, data_dir)
+    from lgm.data import shapes_dataset
+    return shapes_dataset.ShapesSource(split, data_dir)
   if dataset == 'digits':
     from lgm.data import digits
     return digits.DigitsSource(split)

@@ -27,7 +27,6 @@ import ml_collections
 import numpy as np
 
 from lgm import sampling
-from lgm.data import loader as loader_lib
 from lgm.models.clip import CLIP
 from lgm.tasks.score import ScoreTask
 
@@ -75,6 +74,7 @@ class TextToImageTask(ScoreTask):
     if os.path.exists(path):
       with open(path) as f:
         return float(json.load(f)['latent_scale'])
+    from lgm.data import loader as loader_lib  # here: a trained model loads without the data pipeline
     images, _ = loader_lib.load_arrays(config, config.data.train_split, config.latent.scale_examples)
     latents = np.concatenate([np.asarray(self.vae.task.encode(self.vae.params, images['image'][i:i + 250]))
                               for i in range(0, len(images['image']), 250)])
