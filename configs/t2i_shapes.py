@@ -86,6 +86,7 @@ def get_config(arg: str | None = None):
   config.report = ml_collections.ConfigDict()
   config.report.num_images = 1000
   config.report.guidances = (1.0, 3.0)
+  config.report.negative_images_per_value = 32  # seeds per value of each attribute (21 values; + 32 without)
   config.report.prompts = (
       'a large red circle in the top left', 'a small blue square in the bottom right',
       'a medium green triangle in the center', 'a large yellow diamond in the top right',

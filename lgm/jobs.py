@@ -84,6 +84,9 @@ def evaluate_text_to_image(workdir: str, report: ml_collections.ConfigDict,
     metrics[f'nfe_{tag}'] = nfe
     metrics[f'images_per_sec_{tag}'] = len(prompts) / seconds
   metrics['num_images'] = len(prompts)
+  if report.get('negative_images_per_value'):
+    metrics.update(negative_prompt_effect(pipe, classifier, report.negative_images_per_value,
+                                          max(report.guidances)))
   step = pipe.step
   writer = metrics_lib.MetricsWriter(workdir, resume_step=2**31 - 1)
   writer.write(step, {f'eval/{k}': v for k, v in metrics.items()})
@@ -92,6 +95,31 @@ def evaluate_text_to_image(workdir: str, report: ml_collections.ConfigDict,
     grid, _ = pipe(list(report.prompts), guidance=max(report.guidances), seeds=range(len(report.prompts)))
     image_lib.save_grid(os.path.join(workdir, 'samples', 'prompts.png'), grid, ncol=len(report.prompts) // 2 or 1,
                         upscale=2)
+  return metrics
+
+
+def negative_prompt_effect(pipe, classifier, per_value: int, guidance: float) -> dict[str, float]:
+  """Does a negative prompt steer away from what it names? For every value of every attribute (the word
+  'red', 'circle', 'small', 'top left', ...), the share of unconditional samples (empty prompt) showing
+  that value, drawn without and with the word as the negative prompt from the same `per_value` seeds.
+
+  `negative_<attribute>_without` / `_with`: the shares averaged over the attribute's values (without it,
+  the average is 1 / number of values by construction; the per-value shares are in
+  `negative_<attribute>=<value>_without` / `_with`).
+  """
+  seeds = range(per_value)
+  read = lambda negative: read_attributes(classifier.task, classifier.params, pipe(
+      [''] * per_value, negative_prompt=negative, guidance=guidance, seeds=seeds)[0])
+  plain = read(None)
+  metrics = {}
+  for name, values in classifier.task.value_names.items():
+    for v, word in enumerate(values):
+      metrics[f'negative_{name}={word}_without'] = float(np.mean(plain[name] == v))
+      metrics[f'negative_{name}={word}_with'] = float(np.mean(read(word)[name] == v))
+    for when in ('without', 'with'):
+      metrics[f'negative_{name}_{when}'] = float(np.mean([metrics[f'negative_{name}={w}_{when}'] for w in values]))
+  metrics['negative_guidance'] = guidance
+  metrics['negative_images_per_value'] = per_value
   return metrics
 
 
@@ -122,6 +150,14 @@ def write_report(workdir: str, config: ml_collections.ConfigDict, metrics: dict[
     cells = [f"{metrics[f'fidelity_{a}_{tag}']:.3f}" for a in attributes]
     lines.append(f'| {g:g} | ' + ' | '.join(cells) + f" | {metrics[f'clip_score_{tag}']:.2f} | "
                  f"{metrics[f'fid_clip_{tag}']:.4f} | {metrics[f'images_per_sec_{tag}']:.1f} |")
+  negatives = [a for a in attributes if f'negative_{a}_with' in metrics]
+  if negatives:
+    lines += ['', f"Negative prompts (guidance {metrics['negative_guidance']:g}, empty prompt, "
+              f"{int(metrics['negative_images_per_value'])} seeds per value): the share of samples showing the "
+              'value named by the negative prompt, averaged over the values of each attribute.', '',
+              '| attribute | without the negative prompt | with it |', '|---|---|---|']
+    lines += [f"| {a} | {metrics[f'negative_{a}_without']:.3f} | {metrics[f'negative_{a}_with']:.3f} |"
+              for a in negatives]
   lines += ['', '![prompt grid](samples/prompts.png)', '', 'Prompts (row-major): ' +
             '; '.join(f'"{p}"' for p in config.report.prompts), '', '| stage | seconds |', '|---|---|']
   lines += [f'| {name} | {s:.0f} |' for name, s in seconds.items()]

@@ -4,6 +4,7 @@ per-image seeds, the pipeline's bad inputs, and the Fréchet distance against th
 import os
 import subprocess
 import sys
+import types
 import warnings
 
 import jax
@@ -39,6 +40,7 @@ def tiny_job_config():
   config.score.sampling.num_samples = 4
   config.report.num_images = 16
   config.report.prompts = config.report.prompts[:4]
+  config.report.negative_images_per_value = 2
   return config
 
 
@@ -68,7 +70,36 @@ def test_job_trains_every_stage_then_reports(job):
   with PIL.Image.open(os.path.join(workdir, 'samples', 'prompts.png')) as image:
     assert min(image.size) >= 64
   assert metrics_lib.read_metrics(workdir)[-1]['eval/fidelity_all_g3'] == metrics['fidelity_all_g3']
+  for name, count in (('colour', 8), ('shape', 5), ('size', 3), ('position', 5)):
+    # Every sample shows exactly one value, so the plain shares average to 1 / count.
+    assert metrics[f'negative_{name}_without'] == pytest.approx(1 / count)
+    assert 0.0 <= metrics[f'negative_{name}_with'] <= 1.0
+  assert '| colour | 0.125 |' in report
   assert os.path.exists(os.path.join(workdir, 'score', 'latent_scale.json'))
+
+
+def test_negative_prompt_effect_counts_the_named_value_on_the_same_seeds():
+  """A stand-in pipeline draws value seed % 3, and never the value its negative prompt names."""
+  words = ('red', 'green', 'blue')
+
+  class Reader:
+    attributes, value_names = ['colour'], {'colour': words}
+
+    def predict(self, params, images):
+      return {'colour': images[:, 0, 0, 0].astype(jnp.int32)}
+
+  def pipe(prompts, negative_prompt, guidance, seeds):
+    assert prompts == [''] * len(seeds) and guidance == 2.0
+    drawn = np.array(seeds) % 3
+    if negative_prompt is not None:
+      named = words.index(negative_prompt)
+      drawn = np.where(drawn == named, (named + 1) % 3, drawn)
+    return drawn.reshape(-1, 1, 1, 1).astype(np.float32), 20
+
+  metrics = jobs.negative_prompt_effect(pipe, types.SimpleNamespace(task=Reader(), params=None), 6, 2.0)
+  assert metrics['negative_colour_without'] == pytest.approx(1 / 3)
+  assert metrics['negative_colour_with'] == 0.0
+  assert metrics['negative_colour=green_without'] == pytest.approx(1 / 3)
 
 
 def test_guidance_is_uncond_plus_scale_times_the_difference(pipe):

@@ -28,6 +28,7 @@ class AttributeTask:
     if not info.attributes:
       raise ValueError(f'{config.data.dataset} has no attributes to classify; use shapes.')
     self.attributes = list(info.attributes)
+    self.value_names = {name: tuple(values) for name, values in info.attributes.items()}
     self.model = build_model(config.model, config.train.compute_dtype,
                              num_classes=tuple(len(v) for v in info.attributes.values()))
     size, channels = config.data.image_size, config.data.channels
