@@ -22,7 +22,8 @@ def main(argv):
   from lgm.train import trainer
   if jobs.is_job(_CONFIG.value):
     metrics = jobs.run_job(_CONFIG.value, _WORKDIR.value)
-    print(f'report: {_WORKDIR.value}/report.md; ' + ', '.join(f'{k}={v:.4g}' for k, v in metrics.items()))
+    if metrics:
+      print(f'report: {_WORKDIR.value}/report.md; ' + ', '.join(f'{k}={v:.4g}' for k, v in metrics.items()))
   else:
     trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 

@@ -32,7 +32,8 @@ def is_job(config: ml_collections.ConfigDict) -> bool:
 
 
 def run_job(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Train every stage in order (resuming each), then evaluate and write the report."""
+  """Train every stage in order (resuming each), then evaluate and write the report. A stage stopped by
+  SIGTERM (checkpointed, unfinished) ends the job there, with no report: {} is returned."""
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     workdir_lib.write_config(workdir, config)
@@ -42,12 +43,22 @@ def run_job(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]
     logging.info('Stage %s -> %s', name, os.path.join(workdir, name))
     trainer.train_and_evaluate(config[name], os.path.join(workdir, name))
     seconds[name] = time.perf_counter() - start
+    if _saved_step(os.path.join(workdir, name)) < config[name].train.num_steps:  # stopped by SIGTERM
+      logging.warning('Stage %s stopped before its last step; run the same command to resume the job.', name)
+      return {}
   start = time.perf_counter()
   metrics = evaluate_text_to_image(workdir, config.report)
   seconds['evaluation'] = time.perf_counter() - start
   if jax.process_index() == 0:
     write_report(workdir, config, metrics, seconds)
   return metrics
+
+
+def _saved_step(stage_dir: str) -> int:
+  manager = workdir_lib.checkpoint_manager(stage_dir)
+  step = manager.latest_step() or 0
+  manager.close()
+  return step
 
 
 def _pipeline(workdir: str):

@@ -78,6 +78,15 @@ def test_job_trains_every_stage_then_reports(job):
   assert os.path.exists(os.path.join(workdir, 'score', 'latent_scale.json'))
 
 
+def test_a_stage_that_stops_early_ends_the_job_without_a_report(tmp_path, monkeypatch):
+  """A stage stopped by SIGTERM returns with its checkpoint short of num_steps: the next stages and the
+  evaluation must not run on a half-trained model (here the stand-in trainer saves nothing at all)."""
+  trained = []
+  monkeypatch.setattr(jobs.trainer, 'train_and_evaluate', lambda config, workdir: trained.append(workdir))
+  assert jobs.run_job(tiny_job_config(), str(tmp_path)) == {}
+  assert trained == [str(tmp_path / 'vae')] and not (tmp_path / 'report.md').exists()
+
+
 def test_negative_prompt_effect_counts_the_named_value_on_the_same_seeds():
   """A stand-in pipeline draws value seed % 3, and never the value its negative prompt names."""
   words = ('red', 'green', 'blue')
