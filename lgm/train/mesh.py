@@ -10,8 +10,9 @@ style); XLA inserts the gathers.
 
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -20,6 +21,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 FSDP_AXIS = 'fsdp'
 MIN_SHARDED_SIZE = 2**12  # smaller parameters stay replicated: splitting them only adds traffic
+COMPILE_BARRIER_TIMEOUT_MS = 30 * 60 * 1000
+_barrier_ids = itertools.count()  # every process compiles the same programs in the same order
 
 
 def mesh_shape(mesh_config: ml_collections.ConfigDict | dict, num_devices: int) -> dict[str, int]:
@@ -74,3 +77,27 @@ def param_shardings(mesh: Mesh, abstract_tree: Any) -> Any:
   fsdp_size = dict(zip(mesh.axis_names, mesh.devices.shape)).get(FSDP_AXIS, 1)
   return jax.tree.map(lambda x: NamedSharding(mesh, _param_spec(tuple(x.shape), fsdp_size)),
                       abstract_tree)
+
+
+def compile_then_synchronize(jitted: Callable, name: str) -> Callable:
+  """`jitted`, compiled ahead of its first call per input layout, then a wait for every process.
+
+  XLA's CPU collectives (gloo) give up after 30 s when one process reaches a collective while another
+  is still compiling the same program, which a loaded 2-core host does (seen in CI: `GetKeyValue() timed
+  out`). The coordination service's barrier waits as long as the slowest compile. One process: `jitted`.
+  """
+  if jax.process_count() == 1:
+    return jitted
+  from jax._src import distributed  # the coordination client; orbax's barriers use it the same way
+  compiled: dict[Any, Callable] = {}
+
+  def call(*args):
+    leaves, treedef = jax.tree.flatten(args)
+    key = (treedef, tuple((np.shape(x), np.result_type(x), getattr(x, 'sharding', None)) for x in leaves))
+    if key not in compiled:
+      compiled[key] = jitted.lower(*args).compile()
+      distributed.global_state.client.wait_at_barrier(f'lgm_compiled_{name}_{next(_barrier_ids)}',
+                                                      COMPILE_BARRIER_TIMEOUT_MS)
+    return compiled[key](*args)
+
+  return call

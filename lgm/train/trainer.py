@@ -147,9 +147,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state, meta = workdir_lib.restore(manager, latest, workdir_lib.abstract_like(state, shardings))
     start_step = int(meta['data']['next_step'])
     logging.info('Resumed from the checkpoint of step %d in %s.', latest, workdir)
-  train_step = state_lib.make_train_step(task.loss, tx, schedule, config.train.ema_decay, mesh, shardings)
-  eval_step = jax.jit(task.evaluate)
-  images_fn = jax.jit(task.images)
+  train_step = mesh_lib.compile_then_synchronize(
+      state_lib.make_train_step(task.loss, tx, schedule, config.train.ema_decay, mesh, shardings), 'train_step')
+  eval_step = mesh_lib.compile_then_synchronize(jax.jit(task.evaluate), 'eval_step')
+  images_fn = mesh_lib.compile_then_synchronize(jax.jit(task.images), 'images')
   writer = metrics_lib.MetricsWriter(workdir, resume_step=start_step)
   num_steps = config.train.num_steps
   eval_params = (lambda s: s.ema_params) if config.eval.use_ema else (lambda s: s.params)

@@ -38,9 +38,13 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Written whole or not at all (a temporary file renamed into place): the other processes of a
+  multi-process run read this file while process 0 writes it."""
   os.makedirs(workdir, exist_ok=True)
-  with open(config_path(workdir), 'w') as f:
+  path = config_path(workdir)
+  with open(f'{path}.tmp{os.getpid()}', 'w') as f:
     f.write(config.to_json(indent=2, sort_keys=True))
+  os.replace(f.name, path)
 
 
 def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
