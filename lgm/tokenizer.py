@@ -23,6 +23,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from lgm import files
+
 PAD_ID, START_ID, END_ID = 0, 1, 2
 NUM_BASE_TOKENS = 259  # the three special tokens and the 256 bytes
 _BYTE_OFFSET = 3
@@ -103,9 +105,8 @@ class _Tokenizer:
     return cls(**{k: v for k, v in d.items() if k != 'kind'})
 
   def save(self, path: str) -> None:
-    """Writes `to_dict()` as JSON to `path`."""
-    with open(path, 'w') as f:
-      json.dump(self.to_dict(), f)
+    """Writes `to_dict()` as JSON to `path` (whole: other processes may be reading it)."""
+    files.write_json(path, self.to_dict())
 
   @classmethod
   def load(cls, path: str) -> _Tokenizer:

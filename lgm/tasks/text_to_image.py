@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lgm import sampling
+from lgm import files, sampling
 from lgm.models.clip import CLIP
 from lgm.tasks.score import ScoreTask
 
@@ -81,8 +81,7 @@ class TextToImageTask(ScoreTask):
     scale = float(1.0 / latents.std())
     if jax.process_index() == 0:
       os.makedirs(workdir, exist_ok=True)
-      with open(path, 'w') as f:
-        json.dump({'latent_scale': scale, 'num_images': len(latents)}, f)
+      files.write_json(path, {'latent_scale': scale, 'num_images': len(latents)})
     return scale
 
   # --- between images and latents ---------------------------------------------------------------------

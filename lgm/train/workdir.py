@@ -15,6 +15,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from lgm import files
+
 # Keys a resumed run may change: they alter how long or how verbosely it runs, not what it learns.
 RESUMABLE_KEYS = ('train.num_steps', 'train.log_every', 'train.checkpoint_every', 'train.keep_checkpoints',
                   'data.num_threads', 'eval.')
@@ -38,13 +40,8 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Written whole or not at all (a temporary file renamed into place): the other processes of a
-  multi-process run read this file while process 0 writes it."""
   os.makedirs(workdir, exist_ok=True)
-  path = config_path(workdir)
-  with open(f'{path}.tmp{os.getpid()}', 'w') as f:
-    f.write(config.to_json(indent=2, sort_keys=True))
-  os.replace(f.name, path)
+  files.write_text(config_path(workdir), config.to_json(indent=2, sort_keys=True))
 
 
 def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
