@@ -24,7 +24,7 @@ def score_config() -> ml_collections.ConfigDict:
   config.task = 'text_to_image'
   config.stages = ml_collections.ConfigDict({'vae': '../vae', 'clip': '../clip'})
   config.text = ml_collections.ConfigDict({'p_uncond': 0.1, 'tune': False})
-  config.latent = ml_collections.ConfigDict({'scale_examples': 2000})
+  config.latent = ml_collections.ConfigDict({'scale_examples': 2000, 'cache': True})  # encode the split once
   config.sampling_guidance = 3.0  # for the grids written during training
 
   s = config.sampling
@@ -43,12 +43,12 @@ def score_config() -> ml_collections.ConfigDict:
   m.num_heads = 4
 
   config.train.batch_size = 64
-  config.train.num_steps = 3000
+  config.train.num_steps = 2000
   config.train.checkpoint_every = 500
   config.train.ema_decay = 0.999
   config.optim.learning_rate = 1e-3
   config.optim.warmup_steps = 200
-  config.eval.every = 3000
+  config.eval.every = 2000
   config.eval.num_examples = 400
   config.eval.bpd_per_batch = 0
   config.eval.bpd_rtol = config.eval.bpd_atol = 1e-5
@@ -80,7 +80,8 @@ def get_config(arg: str | None = None):
   config.vae.train.num_steps = 800
   config.vae.train.checkpoint_every = config.vae.eval.every = 400
   config.clip = clip_shapes.get_config()
-  config.clip.train.num_steps = 600  # zero-shot position is near chance at 400 steps, 0.75 at 500
+  config.clip.train.num_steps = 600
+  config.clip.model.patch_size = 8  # 16 image tokens: 176 s instead of 379 s, zero-shot all four 0.993 (0.945 at 4)
   config.clip.train.checkpoint_every = config.clip.eval.every = 600
   config.classifier = classifier_config()
   config.score = score_config()

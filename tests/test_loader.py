@@ -43,6 +43,7 @@ def test_each_epoch_visits_every_example_once_in_a_fresh_order():
   epoch1 = np.concatenate([loader.read_batch(s)['label'] for s in range(6, 12)])
   assert sorted(epoch0) == sorted(epoch1) == list(range(48))
   assert not np.array_equal(epoch0, epoch1)
+  np.testing.assert_array_equal(loader.read_batch(7)['index'], loader.read_batch(7)['label'])  # the row read
   assert not np.array_equal(epoch0, np.arange(48))
 
 
@@ -63,7 +64,8 @@ def test_eval_pass_is_ordered_complete_batches_and_captions_stay_on_host():
   assert len(batches) == loader.num_eval_batches == 6
   np.testing.assert_array_equal(np.concatenate([b['label'] for b in batches]), np.arange(48))
   assert batches[0]['caption'][1] == 'example 1'
-  assert set(loader_lib.device_fields(batches[0])) == {'image', 'label'}
+  assert set(loader_lib.device_fields(batches[0])) == {'image', 'label', 'index'}
+  np.testing.assert_array_equal(batches[1]['index'], np.arange(8, 16))
   np.testing.assert_allclose(batches[0]['image'][3], 3 / 127.5 - 1, rtol=1e-6)
 
 

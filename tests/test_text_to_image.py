@@ -224,3 +224,25 @@ def test_clip_can_read_vae_latents_instead_of_pixels(job):
   assert trained.task.vae is not None
   embeddings = trained.task.encode_images(trained.params, jnp.zeros((2, 32, 32, 3)))
   np.testing.assert_allclose(np.linalg.norm(embeddings, axis=-1), 1.0, rtol=1e-4)
+
+
+def test_cached_latents_train_exactly_as_the_encoder(job):
+  """config.latent.cache: training batches read their latents by example index instead of encoding their
+  images; the loss (same parameters, batch and noise) is the same."""
+  from lgm import tasks
+  from lgm.data import loader as loader_lib
+  config = tiny_job_config().score
+  workdir = os.path.join(job[0], 'score')
+  config.latent.cache = True
+  cached = tasks.get_task(config, workdir)
+  config.latent.cache = False
+  encoded = tasks.get_task(config, workdir)
+  batch = cached.prepare_batch(loader_lib.make_loader(config, 'train', train=True).read_batch(5))
+  batch = loader_lib.device_fields(batch)
+  np.testing.assert_allclose(cached.train_latents[batch['index']], encoded.to_data(batch['image']), atol=1e-5)
+  params, rng = cached.init(jax.random.PRNGKey(0)), jax.random.PRNGKey(1)
+  np.testing.assert_allclose(cached.loss(params, batch, rng)[0], encoded.loss(params, batch, rng)[0], rtol=1e-5)
+  config.data.random_flip = True
+  config.latent.cache = True
+  with pytest.raises(ValueError, match='random_flip=False'):
+    tasks.get_task(config, workdir)

@@ -4,7 +4,8 @@ The order is a pure function of (seed, step): global batch `step` holds the exam
 positions [step * B, (step + 1) * B), where the stream visits a fresh permutation of the split every
 epoch. Process p of P reads only rows [p * B/P, (p + 1) * B/P) of each global batch, so every
 example is read by exactly one process, the global batch is the same for any process count, and
-resuming needs nothing but the step number.
+resuming needs nothing but the step number. Each example carries `index`, its row in the split, so
+that a task can look up what it precomputed for that example (lgm.tasks.text_to_image's latents).
 """
 
 from __future__ import annotations
@@ -79,11 +80,12 @@ class Loader:
     return range(start, start + self.local_batch_size)
 
   def _example(self, position: int) -> dict:
-    record = self.source[self.index_at(position)]
+    index = self.index_at(position)
+    record = self.source[index]
     image = transforms.to_model_image(record['image'], self.image_size, self.channels)
     if self.random_flip and np.random.default_rng([self.seed, 1, position]).random() < 0.5:
       image = transforms.hflip(image)
-    return {**record, 'image': image}
+    return {**record, 'image': image, 'index': np.int32(index)}
 
   def read_batch(self, step: int) -> dict[str, np.ndarray]:
     """The process-local part of global batch `step`: numeric fields stacked, captions as a str array."""

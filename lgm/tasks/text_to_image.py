@@ -5,7 +5,10 @@ The stages it reads live next to its own work directory (`config.stages.vae`, `c
 paths relative to it; `configs/t2i_shapes.py` trains all three in one job):
   data       x = latent_scale * VAE posterior mean of the image; `latent_scale` = 1 / std of the latents,
              measured on the first `config.latent.scale_examples` training images and kept in
-             DIR/latent_scale.json with the model, so that the SDE's noise levels fit the data;
+             DIR/latent_scale.json with the model, so that the SDE's noise levels fit the data. With
+             `config.latent.cache` the whole training split is encoded once, on the first training step,
+             and training batches read their latents by example index (the VAE is frozen and its
+             posterior mean deterministic, so this is exact; it saves the encoder on every step);
   condition  the text tower's per-token features (cross-attention context, with their mask) and its pooled
              embedding (added to the time embedding). With probability `config.text.p_uncond` a caption
              is dropped: mask all False and a zero vector, the null condition, so one network learns
@@ -68,16 +71,29 @@ class TextToImageTask(ScoreTask):
     self.tune_text = bool(config.text.tune)
     self.latent_scale = self._latent_scale(config, workdir)
     self.guidance = float(config.sampling_guidance)
+    self.cache_latents = bool(config.latent.get('cache', False))
+    if self.cache_latents and config.data.random_flip:
+      raise ValueError('config.latent.cache keeps one latent per training image, which random flips would '
+                       'change; set config.data.random_flip=False or config.latent.cache=False.')
+
+  def _encode_split(self, max_examples: int | None, chunk: int = 250) -> np.ndarray:
+    """Unscaled latents of the first `max_examples` training images (all: None), row i = example i."""
+    from lgm.data import loader as loader_lib  # here: a trained model loads without the data pipeline
+    images = loader_lib.load_arrays(self.config, self.config.data.train_split, max_examples)[0]['image']
+    encode = jax.jit(self.vae.task.encode)
+    latents = []
+    for start in range(0, len(images), chunk):
+      part = images[start:start + chunk]
+      padded = np.concatenate([part, np.zeros((chunk - len(part), *part.shape[1:]), part.dtype)])
+      latents.append(np.asarray(encode(self.vae.params, padded))[:len(part)])
+    return np.concatenate(latents)
 
   def _latent_scale(self, config, workdir: str) -> float:
     path = os.path.join(workdir, LATENT_SCALE_FILE)
     if os.path.exists(path):
       with open(path) as f:
         return float(json.load(f)['latent_scale'])
-    from lgm.data import loader as loader_lib  # here: a trained model loads without the data pipeline
-    images, _ = loader_lib.load_arrays(config, config.data.train_split, config.latent.scale_examples)
-    latents = np.concatenate([np.asarray(self.vae.task.encode(self.vae.params, images['image'][i:i + 250]))
-                              for i in range(0, len(images['image']), 250)])
+    latents = self._encode_split(config.latent.scale_examples)
     scale = float(1.0 / latents.std())
     if jax.process_index() == 0:
       os.makedirs(workdir, exist_ok=True)
@@ -90,6 +106,11 @@ class TextToImageTask(ScoreTask):
 
   def to_images(self, x: jax.Array) -> jax.Array:
     return self.vae.task.decode(self.vae.params, x / self.latent_scale)
+
+  @functools.cached_property
+  def train_latents(self) -> np.ndarray:
+    """Scaled latents of the whole training split, by example index (`config.latent.cache`)."""
+    return (self.latent_scale * self._encode_split(None)).astype(np.float32)
 
   # --- text conditioning --------------------------------------------------------------------------------
   def tokenize(self, texts) -> np.ndarray:
@@ -132,8 +153,11 @@ class TextToImageTask(ScoreTask):
     return {**batch, 'tokens': self.tokenize(list(batch['caption']))}
 
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-    return {'image': jax.ShapeDtypeStruct((batch_size, *self.image_shape), jnp.float32),
+    spec = {'image': jax.ShapeDtypeStruct((batch_size, *self.image_shape), jnp.float32),
             'tokens': jax.ShapeDtypeStruct((batch_size, self.tokenizer.context_length), jnp.int32)}
+    if self.cache_latents:
+      spec['index'] = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
+    return spec
 
   def init(self, rng: jax.Array) -> PyTree:
     tokens = jnp.asarray(self.tokenize(''))
@@ -149,7 +173,11 @@ class TextToImageTask(ScoreTask):
     if train:
       keep = jax.random.uniform(drop_rng, (batch['tokens'].shape[0],)) >= self.p_uncond
       conditioning = self.keep_only(conditioning, keep)
-    return self._loss(params, self.to_data(batch['image']), loss_rng, train, **conditioning)
+    if train and self.cache_latents:  # training batches only: evaluation reads the other split
+      x = jnp.asarray(self.train_latents)[batch['index']]
+    else:
+      x = self.to_data(batch['image'])
+    return self._loss(params, x, loss_rng, train, **conditioning)
 
   def loss(self, params: PyTree, batch: dict, rng: jax.Array, train: bool = True):
     return self._conditioned_loss(params, batch, rng, train), {}
