@@ -109,8 +109,10 @@ class TextToImageTask(ScoreTask):
 
   @functools.cached_property
   def train_latents(self) -> np.ndarray:
-    """Scaled latents of the whole training split, by example index (`config.latent.cache`)."""
-    return (self.latent_scale * self._encode_split(None)).astype(np.float32)
+    """Scaled latents of the whole training split, by example index (`config.latent.cache`). First read
+    while the train step is traced: the encoder runs eagerly there, and the result becomes a constant."""
+    with jax.ensure_compile_time_eval():
+      return (self.latent_scale * self._encode_split(None)).astype(np.float32)
 
   # --- text conditioning --------------------------------------------------------------------------------
   def tokenize(self, texts) -> np.ndarray:
