@@ -71,6 +71,8 @@ class TextToImage:
     tokens = self.task.tokenize(list(prompts))
     negatives = self.task.tokenize([negative_prompt or ''] * len(prompts))
     use_text = np.stack([[bool(p.strip()) for p in prompts], [bool(negative_prompt)] * len(prompts)], axis=1)
+    # Guidance 1 is the conditional score alone: the other half cancels, so it is not computed.
+    guidance = None if guidance == 1 else jnp.float32(guidance)
     images, nfe = [], 0
     size = min(self.batch_size, len(prompts))
     for start in range(0, len(prompts), size):
@@ -80,7 +82,7 @@ class TextToImage:
       padded = [pad_rows(np.asarray(a)) for a in (tokens, negatives, use_text, noise)]
       known_rows = None if known is None else tuple(pad_rows(np.asarray(a)) for a in known)
       out, nfe = self.task.sample_images(self.params, jnp.asarray(padded[3]), padded[0], padded[1], padded[2],
-                                         jnp.float32(guidance), jax.random.PRNGKey(int(seeds[start])),
+                                         guidance, jax.random.PRNGKey(int(seeds[start])),
                                          known=known_rows, options=options)
       images.append(np.asarray(out)[:size - pad])
     return np.concatenate(images), int(nfe)

@@ -122,6 +122,12 @@ def test_guidance_is_uncond_plus_scale_times_the_difference(pipe):
   for g in (0.0, 1.0, 3.0):
     guided = task.guided_score_fn(params, cond, null, g)(x, t)
     np.testing.assert_allclose(guided, s_uncond + g * (s_cond - s_uncond), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(task.guided_score_fn(params, cond, null, None)(x, t), s_cond, rtol=1e-5, atol=1e-5)
+  noise = jnp.asarray(pipe._noise([0, 0]))  # the pipeline's draws for seed 0
+  with_half, _ = task.sample_images(params, noise, *(jnp.asarray(task.tokenize(['a red circle'] * 2)),) * 2,
+                                    jnp.array([[True, False]] * 2), jnp.float32(1.0), jax.random.PRNGKey(0))
+  alone, _ = pipe(['a red circle'] * 2, guidance=1.0, seeds=[0, 0])  # the pipeline's guidance 1: s_c alone
+  np.testing.assert_allclose(alone, with_half, atol=2e-4)
 
 
 def test_an_image_depends_on_its_seed_not_its_batch(pipe):

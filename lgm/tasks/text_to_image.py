@@ -138,9 +138,12 @@ class TextToImageTask(ScoreTask):
   def score_fn(self, params: PyTree, train: bool = False, rng: jax.Array | None = None, **conditioning):
     return super().score_fn(params['score'], train, rng, **conditioning)
 
-  def guided_score_fn(self, params: PyTree, conditioning: dict, unconditional: dict, guidance: float):
+  def guided_score_fn(self, params: PyTree, conditioning: dict, unconditional: dict, guidance: float | None):
     """Classifier-free guidance: s_u + guidance * (s_c - s_u), both halves in one network call
-    (guidance 1 is the conditional model alone, 0 the unconditional one)."""
+    (guidance 1 is the conditional model alone, 0 the unconditional one). `guidance` None: s_c alone,
+    in a network call of half the size (what guidance 1 computes, with the cancelling half left out)."""
+    if guidance is None:
+      return self.score_fn(params, **conditioning)
     both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), conditioning, unconditional)
     score = self.score_fn(params, **both)
 
@@ -193,7 +196,8 @@ class TextToImageTask(ScoreTask):
   def sample_images(self, params: PyTree, noise: jax.Array, tokens: jax.Array, negative_tokens: jax.Array,
                     use_text: jax.Array, guidance: jax.Array, rng: jax.Array, known: tuple | None = None,
                     options=()):
-    """Images in [-1, 1] (and nfe) from prior `noise` (batch, *data_shape) guided by `tokens`.
+    """Images in [-1, 1] (and nfe) from prior `noise` (batch, *data_shape) guided by `tokens` (`guidance`
+    None: the conditional model alone, see `guided_score_fn`).
 
     The guidance's "unconditional" half reads `negative_tokens` where `use_text` (batch, 2) [:, 1] is True,
     else the null condition; [:, 0] False makes the prompt itself null (an empty prompt).
