@@ -240,15 +240,15 @@ def test_cached_latents_train_exactly_as_the_encoder(job):
   config = tiny_job_config().score
   workdir = os.path.join(job[0], 'score')
   config.latent.cache = True
-  cached = tasks.get_task(config, workdir)
-  config.latent.cache = False
-  encoded = tasks.get_task(config, workdir)
-  batch = cached.prepare_batch(loader_lib.make_loader(config, 'train', train=True).read_batch(5))
+  task = tasks.get_task(config, workdir)
+  batch = task.prepare_batch(loader_lib.make_loader(config, 'train', train=True).read_batch(5))
   batch = loader_lib.device_fields(batch)
-  np.testing.assert_allclose(cached.train_latents[batch['index']], encoded.to_data(batch['image']), atol=1e-5)
-  params, rng = cached.init(jax.random.PRNGKey(0)), jax.random.PRNGKey(1)
-  loss = lambda task: jax.jit(task.loss)(params, batch, rng)[0]  # the cache is first read under a trace
-  np.testing.assert_allclose(loss(cached), loss(encoded), rtol=1e-5)
+  params, rng = task.init(jax.random.PRNGKey(0)), jax.random.PRNGKey(1)
+  cached = jax.jit(task.loss)(params, batch, rng)[0]  # the cache is first read under this trace
+  task.cache_latents = False
+  encoded = jax.jit(task.loss)(params, batch, rng)[0]
+  np.testing.assert_allclose(task.train_latents[batch['index']], task.to_data(batch['image']), atol=1e-5)
+  np.testing.assert_allclose(cached, encoded, rtol=1e-5)
   config.data.random_flip = True
   config.latent.cache = True
   with pytest.raises(ValueError, match='random_flip=False'):
