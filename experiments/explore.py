@@ -26,7 +26,7 @@ from absl import flags, logging
 
 from experiments import common
 
-from lgm import semantic
+from lgm import batching, semantic
 from lgm.data.loader import load_arrays
 from lgm.images import save_grid
 from lgm.tasks.clip import ClipTask
@@ -51,13 +51,7 @@ def _in_batches(fn, params, inputs: np.ndarray) -> np.ndarray:
 
   Equal sizes mean one compilation per call site, however many examples there are.
   """
-  batch_size = min(BATCH_SIZE, len(inputs))
-  outputs = []
-  for start in range(0, len(inputs), batch_size):
-    batch = inputs[start:start + batch_size]
-    padding = np.zeros((batch_size - len(batch), *batch.shape[1:]), batch.dtype)
-    outputs.append(np.asarray(fn(params, np.concatenate([batch, padding])))[:len(batch)])
-  return np.concatenate(outputs)
+  return batching.map_in_batches(fn, params, inputs, min(BATCH_SIZE, len(inputs)))
 
 
 def _sample_gaussian_fit(latents: np.ndarray, num: int, rng: np.random.Generator) -> np.ndarray:

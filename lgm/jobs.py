@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lgm import evaluation, images as image_lib
+from lgm import batching, evaluation, images as image_lib
 from lgm.data import loader as loader_lib
 from lgm.tasks.attributes import read_attributes
 from lgm.train import metrics as metrics_lib
@@ -135,12 +135,7 @@ def negative_prompt_effect(pipe, classifier, per_value: int, guidance: float) ->
 
 
 def _embed_images(clip, images: np.ndarray, batch_size: int = 250) -> np.ndarray:
-  out = []
-  for start in range(0, len(images), batch_size):
-    chunk = images[start:start + batch_size]
-    padded = np.concatenate([chunk, np.zeros((batch_size - len(chunk), *chunk.shape[1:]), chunk.dtype)])
-    out.append(np.asarray(clip.task.encode_images(clip.params, padded))[:len(chunk)])
-  return np.concatenate(out)
+  return batching.map_in_batches(clip.task.encode_images, clip.params, images, batch_size)
 
 
 def write_report(workdir: str, config: ml_collections.ConfigDict, metrics: dict[str, float],

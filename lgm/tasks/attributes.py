@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lgm import batching
 from lgm.data import sources
 from lgm.models import build_model
 
@@ -71,11 +72,4 @@ class AttributeTask:
 
 def read_attributes(task: AttributeTask, params: PyTree, images: np.ndarray, batch_size: int = 250) -> dict[str, np.ndarray]:
   """Predicted attribute indices of many images (numpy), in fixed-size batches."""
-  predict = jax.jit(task.predict)
-  out: dict[str, list] = {name: [] for name in task.attributes}
-  for start in range(0, len(images), batch_size):
-    chunk = images[start:start + batch_size]
-    padded = np.concatenate([chunk, np.zeros((batch_size - len(chunk), *chunk.shape[1:]), chunk.dtype)])
-    for name, values in predict(params, padded).items():
-      out[name].append(np.asarray(values)[:len(chunk)])
-  return {name: np.concatenate(v) for name, v in out.items()}
+  return batching.map_in_batches(jax.jit(task.predict), params, images, batch_size)

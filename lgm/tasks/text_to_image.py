@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lgm import files, sampling
+from lgm import batching, files, sampling
 from lgm.models.clip import CLIP
 from lgm.tasks.score import ScoreTask
 
@@ -80,13 +80,7 @@ class TextToImageTask(ScoreTask):
     """Unscaled latents of the first `max_examples` training images (all: None), row i = example i."""
     from lgm.data import loader as loader_lib  # here: a trained model loads without the data pipeline
     images = loader_lib.load_arrays(self.config, self.config.data.train_split, max_examples)[0]['image']
-    encode = jax.jit(self.vae.task.encode)
-    latents = []
-    for start in range(0, len(images), chunk):
-      part = images[start:start + chunk]
-      padded = np.concatenate([part, np.zeros((chunk - len(part), *part.shape[1:]), part.dtype)])
-      latents.append(np.asarray(encode(self.vae.params, padded))[:len(part)])
-    return np.concatenate(latents)
+    return batching.map_in_batches(jax.jit(self.vae.task.encode), self.vae.params, images, chunk)
 
   def _latent_scale(self, config, workdir: str) -> float:
     path = os.path.join(workdir, LATENT_SCALE_FILE)
