@@ -27,6 +27,8 @@ def sde_config(sde: str = 'vpsde') -> ml_collections.ConfigDict:
   config.loss.likelihood_weighting = False
   config.loss.reduce_mean = False  # False = sum over dimensions, as the paper
   config.loss.eps = 1e-5          # t ~ U(eps, T)
+  config.loss.time_distribution = 'uniform'  # training times: uniform | lognormal (lgm.losses.TIME_DISTRIBUTIONS)
+  config.loss.log_sigma = (-1.2, 1.2)  # lognormal: (mean, std) of log(sigma / alpha), EDM's P_mean, P_std
 
   config.sampling = sm = ml_collections.ConfigDict()
   sm.method = 'pc'                # pc | ode | ddim | dpm_solver | edm_heun (lgm.sampling.METHODS)

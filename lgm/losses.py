@@ -92,15 +92,37 @@ def _reduce(x: jax.Array, reduce_mean: bool) -> jax.Array:
   return x.mean(-1) if reduce_mean else x.sum(-1)
 
 
+TIME_DISTRIBUTIONS = ('uniform', 'lognormal')
+
+
+def training_times(rng: jax.Array, sde, batch: int, *, eps: float = 1e-5, distribution: str = 'uniform',
+                   log_sigma: tuple[float, float] = (-1.2, 1.2)) -> jax.Array:
+  """Diffusion times at which the score is trained, one per example.
+
+  'uniform': t ~ U(eps, T), Song et al.'s choice. 'lognormal': the noise-to-signal ratio sigma/alpha is
+  log-normal with (mean, std) = `log_sigma`, as EDM (Karras et al. 2022) draws its noise levels: a small
+  budget is spent where the image's content is decided instead of on the near-pure-noise times that
+  take half of U(eps, T) under the VP SDE. Times are clipped to [eps, T].
+  """
+  if distribution == 'uniform':
+    return jax.random.uniform(rng, (batch,), minval=eps, maxval=sde.T)
+  if distribution == 'lognormal':
+    mean, std = log_sigma
+    log_ratio = mean + std * jax.random.normal(rng, (batch,))
+    return sde.t_from_log_snr(-log_ratio, eps)
+  raise ValueError(f'unknown time distribution {distribution!r}; valid: {list(TIME_DISTRIBUTIONS)}')
+
+
 def dsm_loss(rng: jax.Array, sde, score_fn, x: jax.Array, *, eps: float = 1e-5,
-             likelihood_weighting: bool = False, reduce_mean: bool = False) -> jax.Array:
-  """Continuous denoising score matching, per example, t ~ U(eps, T).
+             likelihood_weighting: bool = False, reduce_mean: bool = False,
+             time_distribution: str = 'uniform', log_sigma: tuple[float, float] = (-1.2, 1.2)) -> jax.Array:
+  """Continuous denoising score matching, per example, at times drawn by `training_times`.
 
   Default weighting lambda(t) = sigma(t)^2 gives ||sigma s + z||^2. With likelihood weighting,
   lambda(t) = g(t)^2 and the expected loss bounds the negative log-likelihood (Song et al. 2021b).
   """
   t_rng, z_rng = jax.random.split(rng)
-  t = jax.random.uniform(t_rng, (x.shape[0],), minval=eps, maxval=sde.T)
+  t = training_times(t_rng, sde, x.shape[0], eps=eps, distribution=time_distribution, log_sigma=log_sigma)
   z = jax.random.normal(z_rng, x.shape)
   mean, std = sde.marginal_prob(x, t)
   std_b = std.reshape((-1,) + (1,) * (x.ndim - 1))

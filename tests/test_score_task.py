@@ -85,6 +85,38 @@ def test_loss_and_sde_must_agree():
     tasks.get_task(config)
 
 
+def test_training_times_follow_the_configured_distribution_and_evaluation_stays_uniform():
+  """With loss.time_distribution='lognormal', log(sigma/alpha) at the training times is N(mean, std);
+  the evaluation loss keeps t ~ U(eps, T) whatever the training distribution."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from lgm import tasks
+
+  seen = {}
+
+  class Probe:
+    def apply(self, variables, x, time_cond, **kwargs):
+      seen['t'] = time_cond / 999.0
+      return jnp.zeros_like(x)
+
+  config = tiny_score_config()
+  config.loss.time_distribution = 'lognormal'
+  config.loss.log_sigma = (-1.2, 1.2)
+  task = tasks.get_task(config)
+  task.model = Probe()
+  x = jnp.zeros((20_000, 8, 8, 1))
+  task._loss(None, x, jax.random.PRNGKey(0), train=True)
+  log_ratio = -np.asarray(task.sde.log_snr(seen['t']))
+  assert abs(log_ratio.mean() + 1.2) < 0.04 and abs(log_ratio.std() - 1.2) < 0.04
+  task._loss(None, x, jax.random.PRNGKey(0), train=False)
+  t = np.asarray(seen['t'])
+  assert abs(t.mean() - 0.5) < 0.01 and abs(np.quantile(t, 0.9) - 0.9) < 0.01  # U(1e-5, 1)
+  config.loss.time_distribution = 'beta'
+  with pytest.raises(ValueError, match=r"loss.time_distribution='beta'; valid: \['uniform', 'lognormal'\]"):
+    tasks.get_task(config)
+
+
 def test_score_fn_parameterisations_match_the_paper():
   """VP-continuous: s = -net / sigma(t) with net fed 999 t; VE: s = net fed sigma(t); DDPM: the grid index floor(t (N - 1))."""
   import jax.numpy as jnp

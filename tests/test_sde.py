@@ -120,11 +120,12 @@ def test_reverse_sde_drifts():
 
 @pytest.mark.parametrize('loss_name,sde_name', [('dsm', 'vp'), ('dsm', 'subvp'), ('dsm', 've'),
                                                  ('ddpm', 'vp'), ('smld', 've')])
-@pytest.mark.parametrize('likelihood_weighting', [False, True])
-def test_score_losses_are_minimised_by_the_true_score(loss_name, sde_name, likelihood_weighting):
+@pytest.mark.parametrize('options', [{}, {'likelihood_weighting': True}, {'time_distribution': 'lognormal'}],
+                         ids=['plain', 'likelihood_weighting', 'lognormal_times'])
+def test_score_losses_are_minimised_by_the_true_score(loss_name, sde_name, options):
   """L(c) for score + c * h is a quadratic in c; with common random numbers its minimiser is ~0."""
-  if likelihood_weighting and loss_name != 'dsm':
-    pytest.skip('likelihood weighting is a DSM option')
+  if options and loss_name != 'dsm':
+    pytest.skip('likelihood weighting and time distributions are DSM options')
   sde = SDES[sde_name]
   true = gaussian_score(sde)
   if loss_name == 'ddpm':  # DDPM's chain has discrete alphas: its optimal score is that of the chain
@@ -133,12 +134,11 @@ def test_score_losses_are_minimised_by_the_true_score(loss_name, sde_name, likel
       cov = a[:, None, None] ** 2 * COV + (1 - a[:, None, None] ** 2) * jnp.eye(2)
       return -jnp.linalg.solve(cov, (x - a[:, None] * MU)[..., None])[..., 0]
   direction = lambda x, t: jnp.sin(3 * x[:, ::-1]) + 0.5
-  x = MU + jax.random.normal(jax.random.PRNGKey(0), (50_000, 2)) @ np.linalg.cholesky(COV).T
-  kwargs = {'likelihood_weighting': True} if likelihood_weighting else {}
+  x = MU + jax.random.normal(jax.random.PRNGKey(0), (200_000, 2)) @ np.linalg.cholesky(COV).T
 
   def loss(c):
     score = lambda y, t: true(y, t) + c * direction(y, t)
-    return losses.SCORE_LOSSES[loss_name](jax.random.PRNGKey(1), sde, score, x, **kwargs).mean()
+    return losses.SCORE_LOSSES[loss_name](jax.random.PRNGKey(1), sde, score, x, **options).mean()
 
   l0, lp, lm = (float(loss(c)) for c in (0.0, 0.1, -0.1))
   curvature, slope = (lp + lm - 2 * l0) / 0.02, (lp - lm) / 0.2

@@ -37,6 +37,7 @@ def tiny_job_config():
   config.score.model.nf = 16
   config.score.model.num_res_blocks = 1
   config.score.latent.scale_examples = 200
+  config.score.latent.cache = False  # test_cached_latents_train_exactly_as_the_encoder covers the cache
   config.score.sampling.num_samples = 4
   config.report.num_images = 16
   config.report.prompts = config.report.prompts[:4]

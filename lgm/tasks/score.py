@@ -38,9 +38,17 @@ class ScoreTask:
     if required is not None and not isinstance(self.sde, required):
       raise ValueError(f'loss {config.loss.name!r} needs sde.name={required.__name__.lower()!r}')
     self.loss_name = config.loss.name
+    # Training may draw its times from another distribution than U(eps, T); evaluation keeps the
+    # uniform one, so that `eval/loss` of runs trained differently stays comparable.
     self.loss_options = {'reduce_mean': config.loss.reduce_mean}
+    self.train_loss_options = self.loss_options
     if self.loss_name == 'dsm':
       self.loss_options.update(eps=config.loss.eps, likelihood_weighting=config.loss.likelihood_weighting)
+      distribution = config.loss.get('time_distribution', 'uniform')
+      if distribution not in losses.TIME_DISTRIBUTIONS:
+        raise ValueError(f'loss.time_distribution={distribution!r}; valid: {list(losses.TIME_DISTRIBUTIONS)}')
+      self.train_loss_options = dict(self.loss_options, time_distribution=distribution,
+                                     log_sigma=tuple(config.loss.get('log_sigma', (-1.2, 1.2))))
     self.centered = config.data.centered
     size, channels = config.data.image_size, config.data.channels
     self.image_shape = (size, size, channels)
@@ -93,7 +101,8 @@ class ScoreTask:
   def _loss(self, params, x, rng, train, **conditioning):
     noise_rng, dropout_rng = jax.random.split(rng)
     score = self.score_fn(params, train, dropout_rng, **conditioning)
-    return losses.SCORE_LOSSES[self.loss_name](noise_rng, self.sde, score, x, **self.loss_options).mean()
+    options = self.train_loss_options if train else self.loss_options
+    return losses.SCORE_LOSSES[self.loss_name](noise_rng, self.sde, score, x, **options).mean()
 
   def loss(self, params: PyTree, batch: dict, rng: jax.Array, train: bool = True):
     loss = self._loss(params, self.to_data(batch['image']), rng, train)
