@@ -10,7 +10,8 @@ Stages, in order, each in DIR/<stage> and each resuming on its own:
               tower's token features, captions dropped 10% of the time for classifier-free guidance
 Then DIR/samples/prompts.png and DIR/report.md: caption fidelity, CLIP score and FID at each guidance of
 `report.guidances`. Override any stage: --config.score.train.num_steps=4000.
-Measured on 2 CPU cores (README): 36 min 53 s; all four attributes right in 0.923 of the images at guidance 3.
+Measured on 2 CPU cores (README, 2026-12-04): 15 min 31 s end to end; all four attributes right in 0.893 of
+the images at guidance 3 (these machines' speed varies by 2x between sessions: see README, Time).
 """
 
 import ml_collections
