@@ -5,7 +5,9 @@ python -m benchmarks.judge_samples --workdir=runs/sde_vp_shapes --judge=runs/t2i
 An unconditional sample has no caption to check, so the measure is confidence: the share of images whose
 colour, shape, size and position the classifier (trained on real renders only) reads with probability
 >= `--confidence`, each attribute alone and all four at once, next to the same shares on real test images.
-Also the shares of each shape among the samples (the data has them uniformly). Prints one JSON line.
+Also the share of each shape among samples and real images as read, and the total variation distance
+between the two (0: the model draws every shape as often as the data; blobs read as circles raise it).
+Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -44,13 +46,16 @@ def main(argv):
   samples = np.concatenate(samples)[:f.num]
   real = loader_lib.load_arrays(judge.config, 'test', f.num)[0]['image']
   sample_shares, read = confident_shares(judge, samples, f.confidence)
-  real_shares, _ = confident_shares(judge, real, f.confidence)
+  real_shares, real_read = confident_shares(judge, real, f.confidence)
   shape_names = judge.task.value_names['shape']
   shapes_read = {name: float(np.mean(read['shape'] == v)) for v, name in enumerate(shape_names)}
+  real_shapes = {name: float(np.mean(real_read['shape'] == v)) for v, name in enumerate(shape_names)}
+  shape_tv = 0.5 * sum(abs(shapes_read[n] - real_shapes[n]) for n in shape_names)
   print(json.dumps({'benchmark': 'judge_samples', 'workdir': f.workdir, 'step': model.step, 'num': len(samples),
                     'method': model.task.sampling['method'], 'nfe': int(nfe), 'confidence': f.confidence,
                     'samples_confident': sample_shares, 'real_confident': real_shares,
-                    'samples_shape_read': shapes_read}))
+                    'samples_shape_read': shapes_read, 'real_shape_read': real_shapes,
+                    'shape_total_variation': shape_tv}))
 
 
 if __name__ == '__main__':

@@ -7,6 +7,8 @@ one residual block per resolution and a space-to-depth first stage (convolutions
 Training times are log-normal in sigma/alpha (EDM's choice); samples for the eval grids use
 DPM-Solver++(3M) at 20 score evaluations; `eval/bpd` goes through the probability-flow ODE.
 configs/sde_subvp_shapes.py and configs/sde_ve_shapes.py change only the SDE.
+Measured on 2 CPU cores (README, 2026-12-04): 19 min 42 s end to end, eval/bpd 2.45; recognisable shapes.
+At 1,800 steps (6 min 22 s) the samples were still coloured blobs.
 """
 
 from configs import sde_base
@@ -32,15 +34,15 @@ def get_config(sde: str = 'vpsde'):
   s.clip_denoised = True
 
   config.train.batch_size = 32
-  config.train.num_steps = 1800
+  config.train.num_steps = 5400
   config.train.log_every = 100
-  config.train.checkpoint_every = 600
+  config.train.checkpoint_every = 1800
   config.train.ema_decay = 0.995
   config.optim.learning_rate = 2e-3
   config.optim.warmup_steps = 100
   config.optim.final_lr_fraction = 0.05
   config.optim.b2 = 0.999
-  config.eval.every = 1800
+  config.eval.every = 5400
   config.eval.num_examples = 200
   config.eval.batch_size = 200
   config.eval.bpd_per_batch = 4
