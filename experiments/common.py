@@ -40,7 +40,8 @@ def _config_from_argv(argv: Sequence[str]):
       path, _, config_arg = arg[len('--config='):].partition(':')
       if not os.path.exists(path):
         raise FileNotFoundError(f'config file {path} not found; configs live in configs/NAME.py.')
-      return runpy.run_path(path)['get_config'](config_arg or None)
+      get_config = runpy.run_path(path)['get_config']
+      return get_config(config_arg) if config_arg else get_config()  # as config_flags calls it
   return None
 
 

@@ -1,6 +1,7 @@
 """The entry points on a finished tiny run: evaluate, explore, inspect, and their input errors."""
 
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -59,6 +60,19 @@ def test_unknown_config_key_names_the_valid_keys():
   with pytest.raises(KeyError, match="unknown config key 'model.chanels'; valid keys at model: ch, ch_mult"):
     common.check_config_overrides(['--config=configs/vae_shapes.py', '--config.model.chanels=3'])
   common.check_config_overrides(['--config=configs/vae_shapes.py', '--config.model.ch=16'])
+
+
+SHIPPED_CONFIGS = sorted(os.path.relpath(os.path.join(d, f), ROOT)
+                         for d in (os.path.join(ROOT, 'configs'), os.path.join(ROOT, 'configs', 'score_sde'))
+                         for f in os.listdir(d)
+                         if f.endswith('.py') and 'def get_config' in open(os.path.join(d, f)).read())
+
+
+@pytest.mark.parametrize('path', SHIPPED_CONFIGS)
+def test_every_shipped_config_loads_as_the_cli_loads_it(path):
+  """`--config=PATH` with no `:ARG` calls get_config() (configs/sde_ve_shapes.py once failed here)."""
+  config = common._config_from_argv([f'--config={path}'])
+  assert config.to_dict() == runpy.run_path(os.path.join(ROOT, path))['get_config']().to_dict()
 
 
 def test_cli_errors_are_one_line_and_write_nothing(tmp_path):
