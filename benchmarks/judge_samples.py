@@ -48,8 +48,8 @@ def main(argv):
   sample_shares, read = confident_shares(judge, samples, f.confidence)
   real_shares, real_read = confident_shares(judge, real, f.confidence)
   shape_names = judge.task.value_names['shape']
-  shapes_read = {name: float(np.mean(read['shape'] == v)) for v, name in enumerate(shape_names)}
-  real_shapes = {name: float(np.mean(real_read['shape'] == v)) for v, name in enumerate(shape_names)}
+  shapes_read, real_shapes = ({name: float(np.mean(r['shape'] == v)) for v, name in enumerate(shape_names)}
+                               for r in (read, real_read))
   shape_tv = 0.5 * sum(abs(shapes_read[n] - real_shapes[n]) for n in shape_names)
   print(json.dumps({'benchmark': 'judge_samples', 'workdir': f.workdir, 'step': model.step, 'num': len(samples),
                     'method': model.task.sampling['method'], 'nfe': int(nfe), 'confidence': f.confidence,

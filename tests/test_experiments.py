@@ -1,7 +1,8 @@
 """The entry points on a finished tiny run: evaluate, explore, inspect, and their input errors."""
 
+import glob
 import os
-import runpy
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,8 @@ import jax
 import numpy as np
 import PIL.Image
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
 from experiments import common
 from lgm.train import metrics as metrics_lib
@@ -62,17 +65,20 @@ def test_unknown_config_key_names_the_valid_keys():
   common.check_config_overrides(['--config=configs/vae_shapes.py', '--config.model.ch=16'])
 
 
-SHIPPED_CONFIGS = sorted(os.path.relpath(os.path.join(d, f), ROOT)
-                         for d in (os.path.join(ROOT, 'configs'), os.path.join(ROOT, 'configs', 'score_sde'))
-                         for f in os.listdir(d)
-                         if f.endswith('.py') and 'def get_config' in open(os.path.join(d, f)).read())
+SHIPPED_CONFIGS = sorted(os.path.relpath(path, ROOT)
+                         for path in glob.glob(os.path.join(ROOT, 'configs', '**', '*.py'), recursive=True)
+                         if 'def get_config' in pathlib.Path(path).read_text())
 
 
 @pytest.mark.parametrize('path', SHIPPED_CONFIGS)
 def test_every_shipped_config_loads_as_the_cli_loads_it(path):
-  """`--config=PATH` with no `:ARG` calls get_config() (configs/sde_ve_shapes.py once failed here)."""
-  config = common._config_from_argv([f'--config={path}'])
-  assert config.to_dict() == runpy.run_path(os.path.join(ROOT, path))['get_config']().to_dict()
+  """The override check sees the config that config_flags gives the entry point (a `:ARG`-less
+  `--config=PATH` once crashed configs/sde_ve_shapes.py here)."""
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, flag_values=flag_values)
+  flag_values(['prog', f'--config={os.path.join(ROOT, path)}'])
+  config = common._config_from_argv([f'--config={os.path.join(ROOT, path)}'])
+  assert config.to_dict() == flag_values.config.to_dict()
 
 
 def test_cli_errors_are_one_line_and_write_nothing(tmp_path):
