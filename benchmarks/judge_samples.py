@@ -18,9 +18,8 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from lgm import batching
+from lgm import batching, stages
 from lgm.data import loader as loader_lib
-from lgm.train import workdir as workdir_lib
 
 
 def confident_shares(judge, images: np.ndarray, confidence: float) -> tuple[dict[str, float], dict[str, np.ndarray]]:
@@ -37,8 +36,8 @@ def confident_shares(judge, images: np.ndarray, confidence: float) -> tuple[dict
 def main(argv):
   del argv
   f = flags.FLAGS
-  model = workdir_lib.load_trained(f.workdir)
-  judge = workdir_lib.load_trained(f.judge)
+  model = stages.load_trained(f.workdir)
+  judge = stages.load_trained(f.judge)
   samples, nfe = [], None
   for i in range(0, f.num, f.batch):
     x, nfe = model.task.sample(model.params, jax.random.PRNGKey(f.seed + i), f.batch)

@@ -12,10 +12,10 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from lgm import tasks
+from lgm import stages
 
 def measure(config, num: int, method: str | None = None, steps: int | None = None, repeats: int = 3) -> dict:
-  task = tasks.get_task(config)
+  task = stages.build_task(config)
   params = jax.jit(task.init)(jax.random.PRNGKey(0))
   options = {k: v for k, v in (('method', method), ('num_steps', steps)) if v is not None}
   start = time.perf_counter()

@@ -17,7 +17,7 @@ import time
 import jax
 from absl import app, flags
 
-from lgm import tasks
+from lgm import stages
 from lgm.pipeline import SCORE_STAGE, TextToImage
 from lgm.train import workdir as workdir_lib
 
@@ -31,7 +31,7 @@ def load(workdir: str) -> tuple[TextToImage, bool]:
     return TextToImage.from_workdir(workdir), True
   except FileNotFoundError:
     config = workdir_lib.read_config(workdir)[SCORE_STAGE]
-    task = tasks.get_task(config, os.path.join(workdir, SCORE_STAGE))
+    task = stages.build_task(config, os.path.join(workdir, SCORE_STAGE))
     return TextToImage(task, jax.jit(task.init)(jax.random.PRNGKey(0))), False
 
 

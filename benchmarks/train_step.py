@@ -18,7 +18,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from lgm import inspection, tasks
+from lgm import inspection, stages
 from lgm.train import mesh as mesh_lib
 from lgm.train import state as state_lib
 
@@ -41,13 +41,13 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
 def synthetic_batch(task, batch_size: int) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(0)
   return {k: (rng.uniform(-1, 1, s.shape).astype(s.dtype) if jnp.issubdtype(s.dtype, jnp.floating)
-              else np.zeros(s.shape, s.dtype)) for k, s in inspection.dummy_batch(task, batch_size).items()}
+              else np.zeros(s.shape, s.dtype)) for k, s in task.batch_spec(batch_size).items()}
 
 
 def measure(config, steps: int = 30, peak: float | None = None, workdir: str | None = None) -> dict:
   """Timings of `steps` train steps of `config` on synthetic data (after 3 warm-up steps)."""
   mesh = mesh_lib.make_mesh(config.mesh)
-  task = tasks.get_task(config, workdir)
+  task = stages.build_task(config, workdir)
   tx, schedule = state_lib.make_optimizer(config)
   state, shardings = state_lib.create_train_state(task.init, tx, config.seed, mesh)
   step = state_lib.make_train_step(task.loss, tx, schedule, config.train.ema_decay, mesh, shardings)

@@ -1,4 +1,4 @@
-"""Keys every lgm training config has, with their defaults (DESIGN.md, "Config keys").
+"""Keys every lgm training config has, with their defaults (docs/reference.md, "Config keys").
 
 Experiment configs start from `base_config()` and override; adding a key here makes it valid on
 the command line (`--config.KEY=VALUE`) for every experiment.

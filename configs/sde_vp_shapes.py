@@ -7,7 +7,7 @@ one residual block per resolution and a space-to-depth first stage (convolutions
 Training times are log-normal in sigma/alpha (EDM's choice); samples for the eval grids use
 DPM-Solver++(3M) at 20 score evaluations; `eval/bpd` goes through the probability-flow ODE.
 configs/sde_subvp_shapes.py and configs/sde_ve_shapes.py change only the SDE.
-Measured on 2 CPU cores (README, 2026-12-04): 19 min 42 s end to end, eval/bpd 2.45; recognisable shapes.
+Measured on a 2-core machine, 2026-12-04 (docs/results.md): 19 min 42 s end to end, eval/bpd 2.45; recognisable shapes.
 At 1,800 steps (6 min 22 s) the samples were still coloured blobs.
 """
 

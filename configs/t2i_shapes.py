@@ -10,8 +10,8 @@ Stages, in order, each in DIR/<stage> and each resuming on its own:
               tower's token features, captions dropped 10% of the time for classifier-free guidance
 Then DIR/samples/prompts.png and DIR/report.md: caption fidelity, CLIP score and FID at each guidance of
 `report.guidances`. Override any stage: --config.score.train.num_steps=4000.
-Measured on 2 CPU cores (README, 2026-12-04): 15 min 31 s end to end; all four attributes right in 0.893 of
-the images at guidance 3 (these machines' speed varies by 2x between sessions: see README, Time).
+Measured on a 2-core machine, 2026-12-04 (docs/results.md): 15 min 31 s end to end; all four attributes right
+in 0.893 of the images at guidance 3. The same work takes up to twice as long on slower 2-core machines.
 """
 
 import ml_collections
@@ -29,7 +29,7 @@ def score_config() -> ml_collections.ConfigDict:
   config.sampling_guidance = 3.0  # for the grids written during training
 
   # Uniform times: log-normal ones (EDM's -1.2, 1.2) left the high noise levels where DPM-Solver starts
-  # untrained here and read 0.060 all four at 1,500 steps (README).
+  # untrained here and read 0.060 all four at 1,500 steps (docs/notes.md).
   config.loss.time_distribution = 'uniform'
 
   s = config.sampling  # DPM-Solver++(3M), 20 score evaluations (each a guided pair)
@@ -89,6 +89,8 @@ def get_config(arg: str | None = None):
   config.classifier = classifier_config()
   config.score = score_config()
   config.report = ml_collections.ConfigDict()
+  config.report.name = 'text_to_image'  # lgm.reports
+  config.report.classifier_stage = 'classifier'  # the judge that reads the generated images
   config.report.num_images = 1000
   config.report.guidances = (1.0, 3.0)
   config.report.negative_images_per_value = 32  # seeds per value of each attribute (21 values; + 32 without)

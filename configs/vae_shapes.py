@@ -2,7 +2,7 @@
 
 python -m experiments.train --config=configs/vae_shapes.py --workdir=runs/vae_shapes
 
-The default experiment (see README for its measured time and PSNR). `get_config('ae')` is the deterministic
+The default experiment (its measured time and PSNR: docs/results.md). `get_config('ae')` is the deterministic
 autoencoder of configs/ae_shapes.py.
 """
 
@@ -20,7 +20,7 @@ def get_config(arg: str | None = None):
   config.model.space_to_depth = 2
   config.model.mid_attention = False
   config.model.dropout = 0.0
-  # beta = 4: prior samples look like single objects rather than scattered fragments (README table),
+  # beta = 4: prior samples look like single objects rather than scattered fragments (docs/results.md),
   # at 30.6 dB instead of 32.9 dB; --config.loss.kl_weight=1 trains on the exact ELBO.
   config.loss.kl_weight = 4.0
   config.train.batch_size = 32

@@ -1,12 +1,12 @@
 """Evaluate the latest checkpoint of a work directory; appends `eval/...` to DIR/metrics.jsonl.
 
 python -m experiments.evaluate --workdir=runs/vae_shapes [--num_samples=2000]
-python -m experiments.evaluate --workdir=runs/t2i_shapes [--num_samples=1000]   # a t2i job: its report metrics
+python -m experiments.evaluate --workdir=runs/t2i_shapes [--num_samples=1000]   # a job: its report's metrics
 """
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 
@@ -21,18 +21,18 @@ def main(argv):
   common.initialize_distributed()
   import jax
 
+  from lgm import jobs, stages
   from lgm.data import loader as loader_lib
   from lgm.train import mesh as mesh_lib, metrics as metrics_lib, trainer, workdir as workdir_lib
 
   config = workdir_lib.read_config(_WORKDIR.value)
-  if 'stage_order' in config:
-    from lgm import jobs
-    results = jobs.evaluate_text_to_image(_WORKDIR.value, config.report, _NUM_SAMPLES.value)
+  if jobs.is_job(config):
+    results = jobs.evaluate(_WORKDIR.value, _NUM_SAMPLES.value)
     print(', '.join(f'{k}={v:.4f}' for k, v in results.items()))
     return
   mesh = mesh_lib.make_mesh(config.mesh)
   trainer.check_batch_size(config.eval.batch_size, mesh.size, 'eval.batch_size')
-  trained = workdir_lib.load_trained(_WORKDIR.value, mesh=mesh)
+  trained = stages.load_trained(_WORKDIR.value, mesh=mesh)
   eval_loader = loader_lib.make_loader(
       config, config.data.eval_split, train=False, process_index=jax.process_index(),
       process_count=jax.process_count(), batch_size=config.eval.batch_size,
@@ -44,5 +44,10 @@ def main(argv):
   print(f'step {trained.step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in results.items()))
 
 
-if __name__ == '__main__':
+def cli() -> None:
+  """The `lgm-evaluate` command."""
   common.run(main)
+
+
+if __name__ == '__main__':
+  cli()

@@ -26,11 +26,10 @@ from absl import flags, logging
 
 from experiments import common
 
-from lgm import batching, semantic
+from lgm import batching, semantic, stages
 from lgm.data.loader import load_arrays
 from lgm.images import save_grid
-from lgm.tasks.clip import ClipTask
-from lgm.train.workdir import load_trained
+from lgm.tasks import Trained
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Work directory of a trained autoencoder or VAE.')
 _NUM = flags.DEFINE_integer('num', 64, 'Number of prior samples in prior_samples.png.')
@@ -78,9 +77,19 @@ def explore(workdir: str, num: int = 64, split: str = 'test', seed: int = 0,
   """Writes the semantic-space figures of the model trained in `workdir`; returns name -> path."""
   if num < 1:
     raise ValueError(f'num must be >= 1, got {num}')
-  trained = load_trained(workdir)
-  if isinstance(trained.task, ClipTask):
-    return explore_text_image(trained, workdir, split, max_examples, queries)
+  trained = stages.load_trained(workdir)
+  space = trained.task.semantic_space
+  if space not in EXPLORERS:
+    raise ValueError(f'{workdir} holds a {trained.config.task} model, which has no semantic space to explore; '
+                     'give the work directory of an autoencoder, a VAE or a CLIP model.')
+  return EXPLORERS[space](trained, workdir, num=num, split=split, seed=seed, max_examples=max_examples,
+                          queries=queries)
+
+
+def explore_image_space(trained: Trained, workdir: str, num: int = 64, split: str = 'test', seed: int = 0,
+                        max_examples: int = 2000, queries: list[str] | None = None) -> dict[str, str]:
+  """The autoencoder / VAE figures: a latent map, interpolations, prior samples and their neighbours."""
+  del queries
   task, config = trained.task, trained.config
   encode = functools.partial(_in_batches, task.encode, trained.params)
   decode = functools.partial(_in_batches, task.decode, trained.params)
@@ -131,9 +140,10 @@ def explore(workdir: str, num: int = 64, split: str = 'test', seed: int = 0,
   return written
 
 
-def explore_text_image(trained, workdir: str, split: str = 'test', max_examples: int = 2000,
-                       queries: list[str] | None = None) -> dict[str, str]:
+def explore_text_image(trained: Trained, workdir: str, num: int = 64, split: str = 'test', seed: int = 0,
+                       max_examples: int = 2000, queries: list[str] | None = None) -> dict[str, str]:
   """The CLIP figures: one map of images and captions, and the nearest images of text queries."""
+  del num, seed
   task, config = trained.task, trained.config
   held_out, info = load_arrays(config, split=split, max_examples=max_examples)
   captions = [str(c) for c in held_out['caption']]
@@ -155,6 +165,10 @@ def explore_text_image(trained, workdir: str, split: str = 'test', max_examples:
   return written
 
 
+# Task.semantic_space -> the figures that show that kind of space.
+EXPLORERS = {'image': explore_image_space, 'text_image': explore_text_image}
+
+
 def main(argv):
   del argv
   written = explore(_WORKDIR.value, num=_NUM.value, split=_SPLIT.value, seed=_SEED.value,
@@ -163,6 +177,11 @@ def main(argv):
     print(f'{name}: {path}')
 
 
-if __name__ == '__main__':
+def cli() -> None:
+  """The `lgm-explore` command."""
   flags.mark_flags_as_required(['workdir'])
   common.run(main)
+
+
+if __name__ == '__main__':
+  cli()

@@ -21,9 +21,9 @@ flags.mark_flags_as_required(['config'])
 
 def main(argv):
   del argv
-  from lgm import inspection
+  from lgm import inspection, jobs
   config, workdir = _CONFIG.value, _WORKDIR.value
-  if 'stage_order' in config:
+  if jobs.is_job(config):
     if _STAGE.value not in config.stage_order:
       raise ValueError(f'this config is a multi-stage job: choose --stage from {list(config.stage_order)}')
     config = config[_STAGE.value]
@@ -31,5 +31,10 @@ def main(argv):
   print(inspection.report(config, workdir))
 
 
-if __name__ == '__main__':
+def cli() -> None:
+  """The `lgm-inspect` command."""
   common.run(main)
+
+
+if __name__ == '__main__':
+  cli()

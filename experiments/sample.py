@@ -8,8 +8,7 @@ python -m experiments.sample --workdir=runs/t2i_shapes --prompt="a large red cir
 A VAE samples by decoding N(0, I) latents. A score model reverses its SDE with `config.sampling`,
 `--sampler` (a method of lgm.sampling) and `--steps` overriding it. A text-to-image job (or its score
 stage) draws --num images of --prompt, image i from seed --seed + i (no --prompt: unconditional).
-Text prompts and guidance belong to text-conditioned models (the flags are the contract of DESIGN.md);
-a model that has none refuses them.
+Each model takes only the flags that apply to it (`Task.sample_flags`) and refuses the others.
 """
 
 from absl import flags
@@ -28,48 +27,52 @@ _GUIDANCE = flags.DEFINE_float('guidance', None, 'Guidance scale (diffusion mode
 flags.mark_flags_as_required(['workdir', 'out'])
 
 
+# CLI flag -> the option of `Task.sample` it sets (lgm.sampling's names).
+SAMPLE_OPTIONS = {'sampler': 'method', 'steps': 'num_steps'}
+
+
 def main(argv):
   del argv
   import jax
   import numpy as np
 
-  from lgm import images
+  from lgm import images, jobs, stages
+  from lgm.pipeline import TextToImage
   from lgm.train import workdir as workdir_lib
 
   if _NUM.value < 1:
     raise ValueError(f'--num must be at least 1, got {_NUM.value}.')
-  config = workdir_lib.read_config(_WORKDIR.value)
-  if 'stage_order' in config or config.get('task') == 'text_to_image':
-    from lgm.pipeline import TextToImage
-    pipe = TextToImage.from_workdir(_WORKDIR.value)
+  flags_given = {name: flag.value for name, flag in (
+      ('prompt', _PROMPT), ('negative_prompt', _NEGATIVE), ('guidance', _GUIDANCE), ('sampler', _SAMPLER),
+      ('steps', _STEPS)) if flag.value is not None}
+  if jobs.is_job(workdir_lib.read_config(_WORKDIR.value)):
+    pipe = TextToImage.from_workdir(_WORKDIR.value)  # a job generates through its pipeline
+    trained = None
+  else:
+    trained = stages.load_trained(_WORKDIR.value)
+    pipe = TextToImage(trained.task, trained.params, trained.step) if trained.task.generates_from_text else None
+  if pipe is not None:
     samples, nfe = pipe([_PROMPT.value or ''] * _NUM.value, negative_prompt=_NEGATIVE.value,
                         guidance=_GUIDANCE.value, seed=_SEED.value, sampler=_SAMPLER.value, steps=_STEPS.value)
     print(f'{_NUM.value} samples, {nfe} guided score evaluations each')
     print(images.save_grid(_OUT.value, samples, upscale=2))
     return
-  trained = workdir_lib.load_trained(_WORKDIR.value)
   task = trained.task
-  diffusion = trained.config.task == 'score'
-  flags_given = [(name, flag) for name, flag in (('prompt', _PROMPT), ('negative_prompt', _NEGATIVE),
-                                                  ('guidance', _GUIDANCE), ('sampler', _SAMPLER), ('steps', _STEPS))
-                 if flag.value is not None]
-  unsupported = [name for name, _ in flags_given if not (diffusion and name in ('sampler', 'steps'))]
+  unsupported = [name for name in flags_given if name not in task.sample_flags]
   if unsupported:
-    kind = 'text-conditioned' if diffusion else 'diffusion'
+    takes = f'only --{", --".join(task.sample_flags)}' if task.sample_flags else 'none of them'
     raise ValueError(f'the {trained.config.model.name} model of {_WORKDIR.value} takes no '
-                     f'--{", --".join(unsupported)}: those are for {kind} models.')
-  if diffusion:
-    options = {key: flag.value for key, flag in (('method', _SAMPLER), ('num_steps', _STEPS)) if flag.value is not None}
-    samples, nfe = task.sample(trained.params, jax.random.PRNGKey(_SEED.value), _NUM.value, **options)
-    print(f'{_NUM.value} samples, {int(nfe)} score evaluations each')
-    print(images.save_grid(_OUT.value, np.asarray(samples), upscale=2))
-    return
-  if not getattr(task, 'is_variational', False):
-    raise ValueError(f'{_WORKDIR.value} holds a {trained.config.model.name}, which has no prior to sample; '
-                     'train a VAE (configs/vae_shapes.py).')
-  samples = np.clip(np.asarray(task.sample_prior(trained.params, jax.random.PRNGKey(_SEED.value), _NUM.value)), -1, 1)
-  print(images.save_grid(_OUT.value, samples, upscale=2))
+                     f'--{", --".join(unsupported)} ({takes}).')
+  options = {SAMPLE_OPTIONS[name]: value for name, value in flags_given.items()}
+  samples, nfe = task.sample(trained.params, jax.random.PRNGKey(_SEED.value), _NUM.value, **options)
+  print(f'{_NUM.value} samples, {nfe} network evaluations each')
+  print(images.save_grid(_OUT.value, np.asarray(samples), upscale=2))
+
+
+def cli() -> None:
+  """The `lgm-sample` command."""
+  common.run(main)
 
 
 if __name__ == '__main__':
-  common.run(main)
+  cli()

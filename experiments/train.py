@@ -4,7 +4,7 @@ python -m experiments.train --config=configs/vae_shapes.py --workdir=runs/vae_sh
 python -m experiments.train --config=configs/t2i_shapes.py --workdir=runs/t2i_shapes   # a multi-stage job
 """
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from experiments import common
@@ -28,5 +28,10 @@ def main(argv):
     trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
-if __name__ == '__main__':
+def cli() -> None:
+  """The `lgm-train` command."""
   common.run(main)
+
+
+if __name__ == '__main__':
+  cli()

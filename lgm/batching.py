@@ -8,13 +8,16 @@ import jax
 import numpy as np
 
 
-def map_in_batches(fn: Callable[[Any, np.ndarray], Any], params: Any, inputs: np.ndarray, batch_size: int) -> Any:
+def map_in_batches(fn: Callable[[Any, Any], Any], params: Any, inputs: Any, batch_size: int) -> Any:
   """`fn(params, batch)` over `inputs` in batches of exactly `batch_size`, the last one zero-padded and its
-  padding dropped from the outputs; the outputs (an array or a pytree of arrays) are concatenated in order."""
+  padding dropped from the outputs; the outputs (an array or a pytree of arrays) are concatenated in order.
+
+  `inputs` is an array or a pytree of arrays that share their leading (example) axis."""
+  num = len(jax.tree.leaves(inputs)[0])
   outputs = []
-  for start in range(0, len(inputs), batch_size):
-    batch = inputs[start:start + batch_size]
-    padding = np.zeros((batch_size - len(batch), *batch.shape[1:]), batch.dtype)
-    out = fn(params, np.concatenate([batch, padding]))
-    outputs.append(jax.tree.map(lambda a, n=len(batch): np.asarray(a)[:n], out))
+  for start in range(0, num, batch_size):
+    real = min(batch_size, num - start)
+    pad = lambda a: np.concatenate([a[start:start + real], np.zeros((batch_size - real, *a.shape[1:]), a.dtype)])
+    out = fn(params, jax.tree.map(lambda a: pad(np.asarray(a)), inputs))
+    outputs.append(jax.tree.map(lambda a: np.asarray(a)[:real], out))
   return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)

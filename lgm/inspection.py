@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lgm import tasks
+from lgm import stages
+from lgm.tasks import Task
 
 
 def parameter_table(params) -> list[tuple[str, tuple[int, ...], int]]:
@@ -26,25 +26,17 @@ def compiled_flops(fn, *args) -> float:
   return float((analysis or {}).get('flops', 0.0))
 
 
-def dummy_batch(task, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-  """The shapes of a training batch, for compiling without data."""
-  if hasattr(task, 'batch_spec'):
-    return task.batch_spec(batch_size)
-  return {'image': jax.ShapeDtypeStruct((batch_size, *task.image_shape), jnp.float32),
-          'label': jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
-
-
-def loss_flops(task, params, batch_size: int, with_gradient: bool) -> float:
+def loss_flops(task: Task, params, batch_size: int, with_gradient: bool) -> float:
   """FLOPs of one loss evaluation on a batch, or of loss + gradient (optimizer update excluded)."""
   fn = lambda p, b, r: task.loss(p, b, r, with_gradient)[0]
   if with_gradient:
     fn = jax.grad(fn)
-  return compiled_flops(fn, params, dummy_batch(task, batch_size), jax.random.PRNGKey(0))
+  return compiled_flops(fn, params, task.batch_spec(batch_size), jax.random.PRNGKey(0))
 
 
 def report(config: ml_collections.ConfigDict, workdir: str | None = None) -> str:
   """The text experiments.inspect prints; its last line is `params: N`, preceded by FLOPs where known."""
-  task = tasks.get_task(config, workdir)
+  task = stages.build_task(config, workdir)
   params = jax.eval_shape(task.init, jax.random.PRNGKey(0))
   rows = parameter_table(params)
   width = max(len(r[0]) for r in rows)

@@ -1,39 +1,34 @@
-"""Multi-stage jobs: several training configs run in order in one work directory, then a report.
+"""Jobs: an ordered list of stages trained in one work directory, then the report the job names.
 
-A job config has `stage_order` and one full training config per stage (`config.vae`, `config.clip`, ...);
-stage `name` trains in DIR/name with the one trainer, so each stage resumes on its own and a finished
-stage is left as it is. The text-to-image job (configs/t2i_shapes.py) then evaluates the model it built
-(`evaluate_text_to_image`) and writes DIR/samples/prompts.png and DIR/report.md.
+A job config has `stage_order`, one full training config per stage (`config.vae`, `config.clip`, ...)
+and `report` (its `name` selects the evaluation from `lgm.reports`, the rest are that report's settings).
+Stage `name` trains in DIR/name with the one trainer, so each stage resumes on its own and a finished
+stage is left as it is; stages find the trained stages they build on through `lgm.stages`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
 
-from lgm import batching, evaluation, images as image_lib
-from lgm.data import loader as loader_lib
-from lgm.tasks.attributes import read_attributes
-from lgm.train import metrics as metrics_lib
+from lgm import reports
 from lgm.train import trainer
 from lgm.train import workdir as workdir_lib
 
-JOB_KEYS = ('stage_order', 'report')
-
 
 def is_job(config: ml_collections.ConfigDict) -> bool:
+  """A job config, as opposed to the config of a single training run."""
   return 'stage_order' in config
 
 
 def run_job(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Train every stage in order (resuming each), then evaluate and write the report. A stage stopped by
   SIGTERM (checkpointed, unfinished) ends the job there, with no report: {} is returned."""
+  report = reports.get_report(config.report.name)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     workdir_lib.write_config(workdir, config)
@@ -47,11 +42,18 @@ def run_job(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]
       logging.warning('Stage %s stopped before its last step; run the same command to resume the job.', name)
       return {}
   start = time.perf_counter()
-  metrics = evaluate_text_to_image(workdir, config.report)
+  metrics = report.evaluate(workdir, config.report)
   seconds['evaluation'] = time.perf_counter() - start
   if jax.process_index() == 0:
-    write_report(workdir, config, metrics, seconds)
+    report.write(workdir, config, metrics, seconds)
   return metrics
+
+
+def evaluate(workdir: str, num: int | None = None) -> dict[str, float]:
+  """The job's report metrics for its trained stages (appended to DIR/metrics.jsonl), without rewriting
+  DIR/report.md."""
+  config = workdir_lib.read_config(workdir)
+  return reports.get_report(config.report.name).evaluate(workdir, config.report, num)
 
 
 def _saved_step(stage_dir: str) -> int:
@@ -59,118 +61,3 @@ def _saved_step(stage_dir: str) -> int:
   step = manager.latest_step() or 0
   manager.close()
   return step
-
-
-def _pipeline(workdir: str):
-  from lgm.pipeline import TextToImage
-  return TextToImage.from_workdir(workdir)
-
-
-def evaluate_text_to_image(workdir: str, report: ml_collections.ConfigDict,
-                           num: int | None = None) -> dict[str, float]:
-  """Fidelity, CLIP score and FID (CLIP image features) of images generated from held-out captions, at
-  each guidance of `report.guidances`, with the score stage's sampler; appended to DIR/metrics.jsonl.
-  Also writes DIR/samples/prompts.png (the report's prompt grid)."""
-  pipe = _pipeline(workdir)
-  classifier = workdir_lib.load_trained(os.path.join(workdir, 'classifier'))
-  clip = pipe.task.clip
-  num = num or report.num_images
-  held_out, _ = loader_lib.load_arrays(pipe.task.config, 'test', num)
-  prompts = [str(c) for c in held_out['caption']]
-  asked = {name: held_out[name] for name in classifier.task.attributes}
-  real = _embed_images(clip, held_out['image'])
-  real_stats = evaluation.gaussian_statistics(real)
-  texts = clip.task.encode_text(clip.params, prompts)
-  metrics = {}
-  for guidance in report.guidances:
-    start = time.perf_counter()
-    generated, nfe = pipe(prompts, guidance=guidance, seeds=range(len(prompts)))
-    seconds = time.perf_counter() - start
-    tag = f'g{guidance:g}'
-    read = read_attributes(classifier.task, classifier.params, generated)
-    features = _embed_images(clip, generated)
-    metrics.update({f'{k}_{tag}': v for k, v in evaluation.fidelity(read, asked).items()})
-    metrics[f'clip_score_{tag}'] = evaluation.clip_score(features, texts)
-    metrics[f'fid_clip_{tag}'] = evaluation.frechet_distance(*real_stats, *evaluation.gaussian_statistics(features))
-    metrics[f'nfe_{tag}'] = nfe
-    metrics[f'images_per_sec_{tag}'] = len(prompts) / seconds
-  metrics['num_images'] = len(prompts)
-  if report.get('negative_images_per_value'):
-    metrics.update(negative_prompt_effect(pipe, classifier, report.negative_images_per_value,
-                                          max(report.guidances)))
-  step = pipe.step
-  writer = metrics_lib.MetricsWriter(workdir, resume_step=2**31 - 1)
-  writer.write(step, {f'eval/{k}': v for k, v in metrics.items()})
-  writer.close()
-  if jax.process_index() == 0:
-    grid, _ = pipe(list(report.prompts), guidance=max(report.guidances), seeds=range(len(report.prompts)))
-    image_lib.save_grid(os.path.join(workdir, 'samples', 'prompts.png'), grid, ncol=len(report.prompts) // 2 or 1,
-                        upscale=2)
-  return metrics
-
-
-def negative_prompt_effect(pipe, classifier, per_value: int, guidance: float) -> dict[str, float]:
-  """Does a negative prompt steer away from what it names? For every value of every attribute (the word
-  'red', 'circle', 'small', 'top left', ...), the share of unconditional samples (empty prompt) showing
-  that value, drawn without and with the word as the negative prompt from the same `per_value` seeds.
-
-  `negative_<attribute>_without` / `_with`: the shares averaged over the attribute's values (without it,
-  the average is 1 / number of values by construction; the per-value shares are in
-  `negative_<attribute>=<value>_without` / `_with`).
-  """
-  seeds = range(per_value)
-  read = lambda negative: read_attributes(classifier.task, classifier.params, pipe(
-      [''] * per_value, negative_prompt=negative, guidance=guidance, seeds=seeds)[0])
-  plain = read(None)
-  metrics = {}
-  for name, values in classifier.task.value_names.items():
-    for v, word in enumerate(values):
-      metrics[f'negative_{name}={word}_without'] = float(np.mean(plain[name] == v))
-      metrics[f'negative_{name}={word}_with'] = float(np.mean(read(word)[name] == v))
-    for when in ('without', 'with'):
-      metrics[f'negative_{name}_{when}'] = float(np.mean([metrics[f'negative_{name}={w}_{when}'] for w in values]))
-  metrics['negative_guidance'] = guidance
-  metrics['negative_images_per_value'] = per_value
-  return metrics
-
-
-def _embed_images(clip, images: np.ndarray, batch_size: int = 250) -> np.ndarray:
-  return batching.map_in_batches(clip.task.encode_images, clip.params, images, batch_size)
-
-
-def write_report(workdir: str, config: ml_collections.ConfigDict, metrics: dict[str, float],
-                 seconds: dict[str, float]) -> str:
-  """DIR/report.md: the figures of the run, the table of guidances, the prompt grid, the time per stage."""
-  score = config.score
-  attributes = sorted({k[len('fidelity_'):].rsplit('_g', 1)[0] for k in metrics if k.startswith('fidelity_')})
-  guidances = list(config.report.guidances)
-  lines = [f'# Text-to-image report: {workdir}', '',
-           f"{int(metrics['num_images'])} images generated from held-out `{score.data.dataset}` captions, one seed each; "
-           f"sampler `{score.sampling.method}` ({metrics[f'nfe_g{guidances[0]:g}']} score evaluations per image, "
-           'each a conditional + unconditional pair); EMA parameters. Fidelity: the attribute classifier '
-           '(stage `classifier`, trained on real renders) reads each generated image.', '',
-           '| guidance | ' + ' | '.join(f'fidelity_{a}' for a in attributes) + ' | CLIP score | FID (CLIP features) | images/s |',
-           '|---' * (len(attributes) + 4) + '|']
-  for g in guidances:
-    tag = f'g{g:g}'
-    cells = [f"{metrics[f'fidelity_{a}_{tag}']:.3f}" for a in attributes]
-    lines.append(f'| {g:g} | ' + ' | '.join(cells) + f" | {metrics[f'clip_score_{tag}']:.2f} | "
-                 f"{metrics[f'fid_clip_{tag}']:.4f} | {metrics[f'images_per_sec_{tag}']:.1f} |")
-  negatives = [a for a in attributes if f'negative_{a}_with' in metrics]
-  if negatives:
-    lines += ['', f"Negative prompts (guidance {metrics['negative_guidance']:g}, empty prompt, "
-              f"{int(metrics['negative_images_per_value'])} seeds per value): the share of samples showing the "
-              'value named by the negative prompt, averaged over the values of each attribute.', '',
-              '| attribute | without the negative prompt | with it |', '|---|---|---|']
-    lines += [f"| {a} | {metrics[f'negative_{a}_without']:.3f} | {metrics[f'negative_{a}_with']:.3f} |"
-              for a in negatives]
-  lines += ['', '![prompt grid](samples/prompts.png)', '', 'Prompts (row-major): ' +
-            '; '.join(f'"{p}"' for p in config.report.prompts), '', '| stage | seconds |', '|---|---|']
-  lines += [f'| {name} | {s:.0f} |' for name, s in seconds.items()]
-  lines.append(f'| total | {sum(seconds.values()):.0f} |')
-  path = os.path.join(workdir, 'report.md')
-  with open(path, 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  with open(os.path.join(workdir, 'report.json'), 'w') as f:
-    json.dump({'metrics': metrics, 'seconds': seconds}, f, indent=1)
-  return path

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lgm import sampling
+from lgm import batching, sampling, stages
 from lgm.tasks.text_to_image import TextToImageTask
 
 SCORE_STAGE = 'score'
@@ -35,14 +35,13 @@ class TextToImage:
   @classmethod
   def from_workdir(cls, workdir: str, batch_size: int = 64) -> TextToImage:
     """From a t2i job directory (its `score` stage) or from the score stage's own directory."""
-    from lgm.train import workdir as workdir_lib
     stage = os.path.join(workdir, SCORE_STAGE)
     path = stage if os.path.isdir(stage) else workdir
     if not os.path.exists(os.path.join(path, 'config.json')):
       raise FileNotFoundError(f'{workdir} holds no text-to-image model: the score stage ({stage}) is missing; '
                               f'train it: python -m experiments.train --config=configs/t2i_shapes.py --workdir={workdir}')
-    trained = workdir_lib.load_trained(path)
-    if not isinstance(trained.task, TextToImageTask):
+    trained = stages.load_trained(path)
+    if not trained.task.generates_from_text:
       raise ValueError(f'{path} holds a {trained.config.task} model, not a text-to-image one.')
     return cls(trained.task, trained.params, trained.step, batch_size)
 
@@ -73,19 +72,18 @@ class TextToImage:
     use_text = np.stack([[bool(p.strip()) for p in prompts], [bool(negative_prompt)] * len(prompts)], axis=1)
     # Guidance 1 is the conditional score alone: the other half cancels, so it is not computed.
     guidance = None if guidance == 1 else jnp.float32(guidance)
-    images, nfe = [], 0
-    size = min(self.batch_size, len(prompts))
-    for start in range(0, len(prompts), size):
-      rows = slice(start, start + size)
-      pad = size - len(tokens[rows])
-      pad_rows = lambda a: np.concatenate([a[rows], np.repeat(a[rows][-1:], pad, axis=0)])
-      padded = [pad_rows(np.asarray(a)) for a in (tokens, negatives, use_text, noise)]
-      known_rows = None if known is None else tuple(pad_rows(np.asarray(a)) for a in known)
-      out, nfe = self.task.sample_images(self.params, jnp.asarray(padded[3]), padded[0], padded[1], padded[2],
-                                         guidance, jax.random.PRNGKey(int(seeds[start])),
-                                         known=known_rows, options=options)
-      images.append(np.asarray(out)[:size - pad])
-    return np.concatenate(images), int(nfe)
+    inputs = {'noise': np.asarray(noise), 'tokens': tokens, 'negatives': negatives, 'use_text': use_text,
+              'seed': np.asarray(seeds, np.uint32)}
+    if known is not None:
+      inputs['known'] = tuple(np.asarray(a) for a in known)
+
+    def generate(params, batch):
+      images, nfe = self.task.sample_images(
+          params, jnp.asarray(batch['noise']), batch['tokens'], batch['negatives'], batch['use_text'], guidance,
+          jax.random.PRNGKey(batch['seed'][0]), known=batch.get('known'), options=options)
+      return {'images': images, 'nfe': np.full(len(images), int(nfe))}
+    out = batching.map_in_batches(generate, self.params, inputs, min(self.batch_size, len(prompts)))
+    return out['images'], int(out['nfe'][0])
 
   def _seeds(self, num: int, seeds: Sequence[int] | None, seed: int) -> list[int]:
     seeds = list(range(seed, seed + num)) if seeds is None else list(seeds)

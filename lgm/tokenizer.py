@@ -46,7 +46,7 @@ def _byte_ids(text: str) -> list[int]:
   return [_BYTE_OFFSET + b for b in text.encode('utf-8')]
 
 
-class _Tokenizer:
+class Tokenizer:
   """Shared ids, decoding, batching and serialisation; subclasses define `encode` and `kind`."""
   kind: str
 
@@ -98,7 +98,7 @@ class _Tokenizer:
     return {'kind': self.kind, 'context_length': self.context_length}
 
   @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> _Tokenizer:
+  def from_dict(cls, d: dict[str, Any]) -> Tokenizer:
     """Inverse of `to_dict`."""
     if d.get('kind') != cls.kind:
       raise ValueError(f"{cls.__name__}.from_dict expects kind '{cls.kind}', got {d.get('kind')!r}.")
@@ -109,13 +109,13 @@ class _Tokenizer:
     files.write_json(path, self.to_dict())
 
   @classmethod
-  def load(cls, path: str) -> _Tokenizer:
+  def load(cls, path: str) -> Tokenizer:
     """Reads a tokenizer written by `save`."""
     with open(path) as f:
       return cls.from_dict(json.load(f))
 
 
-class ByteTokenizer(_Tokenizer):
+class ByteTokenizer(Tokenizer):
   """UTF-8 bytes as tokens: vocab of 259, one token per byte."""
   kind = 'byte'
 
@@ -123,7 +123,7 @@ class ByteTokenizer(_Tokenizer):
     return _byte_ids(text)
 
 
-class BPETokenizer(_Tokenizer):
+class BPETokenizer(Tokenizer):
   """Byte-level BPE: `merges[k] = (left_id, right_id)` creates id 259 + k; lower k is applied first."""
   kind = 'bpe'
 
@@ -202,7 +202,7 @@ def train_bpe(texts: Iterable[str], num_merges: int, context_length: int = 77,
   return BPETokenizer(merges, context_length=context_length)
 
 
-_KINDS: dict[str, type[_Tokenizer]] = {cls.kind: cls for cls in (ByteTokenizer, BPETokenizer)}
+_KINDS: dict[str, type[Tokenizer]] = {cls.kind: cls for cls in (ByteTokenizer, BPETokenizer)}
 
 
 def load(path: str) -> ByteTokenizer | BPETokenizer:

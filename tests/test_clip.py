@@ -14,13 +14,12 @@ import pytest
 
 from configs import clip_shapes
 from conftest import set_keys
-from lgm import evaluation, losses, tasks
+from lgm import evaluation, losses, stages
 from lgm import tokenizer as tokenizer_lib
 from lgm.data import shapes
 from lgm.train import mesh as mesh_lib
 from lgm.train import metrics as metrics_lib
 from lgm.train import trainer
-from lgm.train import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,7 +50,7 @@ def tiny_clip_config(**overrides):
 
 @pytest.fixture(scope='module')
 def tiny_task():
-  return tasks.get_task(tiny_clip_config())
+  return stages.build_task(tiny_clip_config())
 
 
 def _normalised(rng, shape):
@@ -184,12 +183,12 @@ def test_tiny_run_learns_digits_and_keeps_its_tokenizer(clip_workdir):
   assert {'eval/retrieval_i2t_r1', 'eval/retrieval_t2i_r1_exact', 'eval/loss'} <= set(final)
   saved = tokenizer_lib.load(os.path.join(workdir, 'tokenizer.json'))
   assert isinstance(saved, tokenizer_lib.BPETokenizer)
-  trained = workdir_lib.load_trained(workdir)
+  trained = stages.load_trained(workdir)
   prompt = 'the number 7, written by hand ✍'
   np.testing.assert_array_equal(trained.task.tokenize(prompt), saved(prompt))
   # The saved tokenizer wins over the config: a resumed run reads the same ids.
   other = tiny_clip_config(**{'tokenizer.num_merges': 3})
-  assert tasks.get_task(other, workdir).tokenizer.to_dict() == saved.to_dict()
+  assert stages.build_task(other, workdir).tokenizer.to_dict() == saved.to_dict()
   logged = [r for r in metrics_lib.read_metrics(workdir) if 'train/loss' in r]
   assert logged[-1]['train/loss'] < logged[0]['train/loss']
 
@@ -218,8 +217,8 @@ def test_explore_draws_images_and_captions_in_one_space(clip_workdir):
 
 def test_bad_clip_settings_are_clear_errors():
   with pytest.raises(ValueError, match="unknown tokenizer 'words'; valid"):
-    tasks.get_task(tiny_clip_config(**{'tokenizer.name': 'words'}))
+    stages.build_task(tiny_clip_config(**{'tokenizer.name': 'words'}))
   with pytest.raises(ValueError, match='siglip loss needs a learnable bias'):
-    tasks.get_task(tiny_clip_config(**{'loss.name': 'siglip'}))
+    stages.build_task(tiny_clip_config(**{'loss.name': 'siglip'}))
   with pytest.raises(ValueError, match="unknown contrastive loss 'nce'"):
-    tasks.get_task(tiny_clip_config(**{'loss.name': 'nce'}))
+    stages.build_task(tiny_clip_config(**{'loss.name': 'nce'}))

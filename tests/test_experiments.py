@@ -50,11 +50,11 @@ def test_explore_writes_the_four_figures(trained_workdir):
 
 def test_inspect_prints_the_true_parameter_count():
   from configs import vae_shapes
-  from lgm import tasks
+  from lgm import stages
   result = run_module('experiments.inspect', '--config=configs/vae_shapes.py')
   assert result.returncode == 0, result.stderr[-2000:]
   lines = result.stdout.strip().splitlines()
-  params = jax.eval_shape(tasks.get_task(vae_shapes.get_config()).init, jax.random.PRNGKey(0))
+  params = jax.eval_shape(stages.build_task(vae_shapes.get_config()).init, jax.random.PRNGKey(0))
   assert lines[-1] == f'params: {sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))}'
   assert float(lines[-2].split(': ')[1]) > 1e7  # flops_per_example
 

@@ -1,6 +1,5 @@
 """The score task end to end on a tiny pixel model: train, evaluate bits/dim, sample from the CLI."""
 
-import json
 import math
 import os
 import subprocess
@@ -64,8 +63,8 @@ def test_sample_cli_takes_sampler_and_steps_and_refuses_prompts(score_workdir, t
   result = _run('experiments.sample', f'--workdir={score_workdir}', f'--out={out}', '--num=4',
                 '--sampler=ddim', '--steps=2')
   assert result.returncode == 0, result.stderr[-2000:]
-  assert '3 score evaluations each' in result.stdout and os.path.exists(out)
-  for flag, message in (('--prompt=a red circle', 'takes no --prompt: those are for text-conditioned models'),
+  assert '3 network evaluations each' in result.stdout and os.path.exists(out)
+  for flag, message in (('--prompt=a red circle', 'takes no --prompt (only --sampler, --steps)'),
                         ('--sampler=heun', "valid: ['pc', 'ode', 'ddim', 'dpm_solver', 'edm_heun']"),
                         ('--steps=0', 'num_steps must be an integer >= 1')):
     bad = _run('experiments.sample', f'--workdir={score_workdir}', f'--out={tmp_path / "y.png"}', flag)
@@ -75,14 +74,14 @@ def test_sample_cli_takes_sampler_and_steps_and_refuses_prompts(score_workdir, t
 
 
 def test_loss_and_sde_must_agree():
-  from lgm import tasks
+  from lgm import stages
   config = tiny_score_config('vesde')
   config.loss.name = 'ddpm'
   with pytest.raises(ValueError, match="loss 'ddpm' needs sde.name='vpsde'"):
-    tasks.get_task(config)
+    stages.build_task(config)
   config.loss.name = 'sliced'
   with pytest.raises(ValueError, match=r"valid: \['ddpm', 'dsm', 'smld'\]"):
-    tasks.get_task(config)
+    stages.build_task(config)
 
 
 def test_training_times_follow_the_configured_distribution_and_evaluation_stays_uniform():
@@ -91,7 +90,7 @@ def test_training_times_follow_the_configured_distribution_and_evaluation_stays_
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from lgm import tasks
+  from lgm import stages
 
   seen = {}
 
@@ -103,7 +102,7 @@ def test_training_times_follow_the_configured_distribution_and_evaluation_stays_
   config = tiny_score_config()
   config.loss.time_distribution = 'lognormal'
   config.loss.log_sigma = (-1.2, 1.2)
-  task = tasks.get_task(config)
+  task = stages.build_task(config)
   task.model = Probe()
   x = jnp.zeros((20_000, 8, 8, 1))
   task._loss(None, x, jax.random.PRNGKey(0), train=True)
@@ -114,14 +113,14 @@ def test_training_times_follow_the_configured_distribution_and_evaluation_stays_
   assert abs(t.mean() - 0.5) < 0.01 and abs(np.quantile(t, 0.9) - 0.9) < 0.01  # U(1e-5, 1)
   config.loss.time_distribution = 'beta'
   with pytest.raises(ValueError, match=r"loss.time_distribution='beta'; valid: \['uniform', 'lognormal'\]"):
-    tasks.get_task(config)
+    stages.build_task(config)
 
 
 def test_score_fn_parameterisations_match_the_paper():
   """VP-continuous: s = -net / sigma(t) with net fed 999 t; VE: s = net fed sigma(t); DDPM: the grid index floor(t (N - 1))."""
   import jax.numpy as jnp
   import numpy as np
-  from lgm import tasks
+  from lgm import stages
 
   seen = {}
 
@@ -138,7 +137,7 @@ def test_score_fn_parameterisations_match_the_paper():
           1 - task.sde.alphas_cumprod[jnp.floor(t * 999).astype(int)]))):
     config = tiny_score_config(sde)
     config.loss.name = loss
-    task = tasks.get_task(config)
+    task = stages.build_task(config)
     task.model = Probe()
     score = task.score_fn(None)(x, t)
     np.testing.assert_allclose(seen['time_cond'], expected_cond(task), rtol=1e-5)

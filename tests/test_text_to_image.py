@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 import types
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +14,8 @@ import pytest
 import scipy.linalg
 
 from configs import t2i_shapes
-from lgm import evaluation, jobs
+from lgm import evaluation, jobs, stages
+from lgm.reports import text_to_image as t2i_report
 from lgm.pipeline import TextToImage
 from lgm.train import metrics as metrics_lib
 
@@ -106,7 +106,7 @@ def test_negative_prompt_effect_counts_the_named_value_on_the_same_seeds():
       drawn = np.where(drawn == named, (named + 1) % 3, drawn)
     return drawn.reshape(-1, 1, 1, 1).astype(np.float32), 20
 
-  metrics = jobs.negative_prompt_effect(pipe, types.SimpleNamespace(task=Reader(), params=None), 6, 2.0)
+  metrics = t2i_report.negative_prompt_effect(pipe, types.SimpleNamespace(task=Reader(), params=None), 6, 2.0)
   assert metrics['negative_colour_without'] == pytest.approx(1 / 3)
   assert metrics['negative_colour_with'] == 0.0
   assert metrics['negative_colour=green_without'] == pytest.approx(1 / 3)
@@ -179,10 +179,10 @@ def test_img2img_stays_near_the_input_at_low_strength(pipe, job):
 def test_missing_stages_are_named(job, tmp_path):
   with pytest.raises(FileNotFoundError, match='score stage'):
     TextToImage.from_workdir(str(tmp_path))
-  from lgm import tasks
+  from lgm import stages
   config = tiny_job_config().score
   with pytest.raises(FileNotFoundError, match='the vae stage has no trained model'):
-    tasks.get_task(config, str(tmp_path / 'score'))
+    stages.build_task(config, str(tmp_path / 'score'))
 
 
 def test_sample_cli_draws_prompts(job, tmp_path):
@@ -226,8 +226,7 @@ def test_clip_can_read_vae_latents_instead_of_pixels(job):
   workdir = os.path.join(job[0], 'clip_latent')
   final = trainer.train_and_evaluate(config, workdir)
   assert 'eval/zeroshot_colour' in final
-  from lgm.train import workdir as workdir_lib
-  trained = workdir_lib.load_trained(workdir)
+  trained = stages.load_trained(workdir)
   assert trained.task.vae is not None
   embeddings = trained.task.encode_images(trained.params, jnp.zeros((2, 32, 32, 3)))
   np.testing.assert_allclose(np.linalg.norm(embeddings, axis=-1), 1.0, rtol=1e-4)
@@ -236,12 +235,12 @@ def test_clip_can_read_vae_latents_instead_of_pixels(job):
 def test_cached_latents_train_exactly_as_the_encoder(job):
   """config.latent.cache: training batches read their latents by example index instead of encoding their
   images; the loss (same parameters, batch and noise) is the same."""
-  from lgm import tasks
+  from lgm import stages
   from lgm.data import loader as loader_lib
   config = tiny_job_config().score
   workdir = os.path.join(job[0], 'score')
   config.latent.cache = True
-  task = tasks.get_task(config, workdir)
+  task = stages.build_task(config, workdir)
   batch = task.prepare_batch(loader_lib.make_loader(config, 'train', train=True).read_batch(5))
   batch = loader_lib.device_fields(batch)
   params, rng = task.init(jax.random.PRNGKey(0)), jax.random.PRNGKey(1)
@@ -253,4 +252,4 @@ def test_cached_latents_train_exactly_as_the_encoder(job):
   config.data.random_flip = True
   config.latent.cache = True
   with pytest.raises(ValueError, match='random_flip=False'):
-    tasks.get_task(config, workdir)
+    stages.build_task(config, workdir)

@@ -5,7 +5,7 @@ python -m experiments.train --config=configs/score_sde/cifar10_ddpm.py --workdir
 Ho et al.'s 35.22M-parameter U-Net trained with the discrete DDPM loss (epsilon prediction at
 N = 1000 VP steps) and sampled ancestrally. Ho et al.: FID 3.17, IS 9.46, NLL <= 3.75 bits/dim
 (ELBO); Song et al. 2021 (Table 2): 3.28 bits/dim and FID 3.37 with the probability-flow ODE.
-CIFAR-10 must first be prepared once as a tfds catalog (README, "Data").
+CIFAR-10 must first be prepared once as a tfds catalog (docs/reference.md, "Data").
 """
 
 from configs.score_sde import common

@@ -4,7 +4,7 @@ python -m experiments.train --config=configs/score_sde/cifar10_ddpmpp_continuous
 
 VP SDE, continuous denoising score matching, 61.80M parameters. Paper: FID 2.55, IS 9.58 (Table 3,
 PC sampler); 3.16 bits/dim and FID 3.93 with the probability-flow ODE (Table 2).
-CIFAR-10 must first be prepared once as a tfds catalog (README, "Data").
+CIFAR-10 must first be prepared once as a tfds catalog (docs/reference.md, "Data").
 """
 
 from configs.score_sde import common

@@ -5,7 +5,7 @@ python -m experiments.train --config=configs/score_sde/cifar10_ncsnpp_continuous
 VE SDE on [0, 1] data, continuous denoising score matching, 62.76M parameters: FIR resampling, an
 input pyramid, Fourier features of log sigma, output divided by sigma. Paper: FID 2.38, IS 9.83
 (Table 3, PC sampler: reverse diffusion + Langevin, snr 0.16).
-CIFAR-10 must first be prepared once as a tfds catalog (README, "Data").
+CIFAR-10 must first be prepared once as a tfds catalog (docs/reference.md, "Data").
 """
 
 from configs.score_sde import common

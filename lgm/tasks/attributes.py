@@ -6,7 +6,7 @@ what a generated image shows and compares that with what the prompt asked for.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -14,29 +14,36 @@ import ml_collections
 import numpy as np
 
 from lgm import batching
-from lgm.data import sources
 from lgm.models import build_model
+from lgm.tasks.base import Task
 
 PyTree = Any
 
 
-class AttributeTask:
+class AttributeTask(Task):
   """Cross-entropy over every attribute of the dataset; accuracy per attribute and all at once."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str | None = None):
-    del workdir
-    info = sources.get_source(config.data.dataset, config.data.eval_split, config.data.get('data_dir')).info
-    if not info.attributes:
+  @classmethod
+  def needs(cls, config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    return ('attributes',)
+
+  def __init__(self, config: ml_collections.ConfigDict, attributes: dict[str, Sequence[str]]):
+    """`attributes`: attribute name -> the names of its values, in label order (the dataset's info)."""
+    if not attributes:
       raise ValueError(f'{config.data.dataset} has no attributes to classify; use shapes.')
-    self.attributes = list(info.attributes)
-    self.value_names = {name: tuple(values) for name, values in info.attributes.items()}
+    self.attributes = list(attributes)
+    self.value_names = {name: tuple(values) for name, values in attributes.items()}
     self.model = build_model(config.model, config.train.compute_dtype,
-                             num_classes=tuple(len(v) for v in info.attributes.values()))
+                             num_classes=tuple(len(v) for v in attributes.values()))
     size, channels = config.data.image_size, config.data.channels
     self.image_shape = (size, size, channels)
 
   def init(self, rng: jax.Array) -> PyTree:
     return self.model.init(rng, jnp.zeros((1, *self.image_shape), jnp.float32))['params']
+
+  def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    labels = {name: jax.ShapeDtypeStruct((batch_size,), jnp.int32) for name in self.attributes}
+    return {**super().batch_spec(batch_size), **labels}
 
   def logits(self, params: PyTree, images: jax.Array) -> list[jax.Array]:
     return self.model.apply({'params': params}, images)
@@ -64,10 +71,6 @@ class AttributeTask:
     del rng
     loss, accuracy = self._terms(params, batch)
     return {'loss': loss, **accuracy}
-
-  def images(self, params: PyTree, batch: dict, rng: jax.Array) -> dict[str, jax.Array]:
-    del params, batch, rng
-    return {}
 
 
 def read_attributes(task: AttributeTask, params: PyTree, images: np.ndarray, batch_size: int = 250) -> dict[str, np.ndarray]:

@@ -17,15 +17,17 @@ import ml_collections
 
 from lgm import losses
 from lgm.models import autoencoder, build_model
+from lgm.tasks.base import Task
 
 PyTree = Any
 
 
-class AutoencoderTask:
+class AutoencoderTask(Task):
   """Autoencoder / VAE training, evaluation, and the encode/decode API of the semantic space."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str | None = None):
-    del workdir  # everything this task learns is in the checkpoint
+  semantic_space = 'image'
+
+  def __init__(self, config: ml_collections.ConfigDict):
     self.model = build_model(config.model, config.train.compute_dtype,
                              image_channels=config.data.channels)
     self.is_variational = isinstance(self.model, autoencoder.VAE)
@@ -55,6 +57,13 @@ class AutoencoderTask:
   def sample_prior(self, params: PyTree, rng: jax.Array, num: int) -> jax.Array:
     """Decode N(0, I) latents: the generative model of a VAE."""
     return self.decode(params, jax.random.normal(rng, (num, *self.latent_shape)))
+
+  def sample(self, params: PyTree, rng: jax.Array, num: int, **options: Any) -> tuple[jax.Array, int]:
+    """A VAE's samples: decoded prior draws (one decoder evaluation each). An autoencoder has no prior."""
+    del options
+    if not self.is_variational:
+      raise ValueError(f'a {type(self.model).__name__} has no prior to sample; train a VAE (configs/vae_shapes.py).')
+    return jnp.clip(self.sample_prior(params, rng, num), -1, 1), 1
 
   # --- what the trainer calls --------------------------------------------------------------------
   def init(self, rng: jax.Array) -> PyTree:

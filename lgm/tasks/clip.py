@@ -5,66 +5,47 @@ The task tokenizes captions on the host (`prepare_batch`), embeds images and tok
 global batch. Evaluation embeds the whole held-out set, then reports zero-shot accuracy per attribute
 from the dataset's caption templates and retrieval recall@1/@5 both ways (`lgm.evaluation`).
 
-The tokenizer is part of the model: `config.tokenizer.name='bpe'` learns byte-level BPE merges from the
-first `config.tokenizer.num_captions` training captions and keeps them in DIR/tokenizer.json, which a
-resumed run or a later sampler reads back, so the ids never change under a trained model.
+The tokenizer is part of the model and is handed in: `lgm.stages` learns it (`config.tokenizer.name='bpe'`:
+byte-level BPE merges from the first `config.tokenizer.num_captions` training captions) and keeps it in
+DIR/tokenizer.json, which a resumed run or a later sampler reads back, so the ids never change under a
+trained model.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
 
-from lgm import evaluation, losses
+from lgm import batching, evaluation, losses
 from lgm import tokenizer as tokenizer_lib
-from lgm.data import sources
 from lgm.models import build_model
 from lgm.models.clip import CLIP
+from lgm.tasks.base import TextConditioned, Trained
 
 PyTree = Any
-TOKENIZER_FILE = 'tokenizer.json'
-TOKENIZERS = ('bpe', 'byte')
 _TEXT_BATCH = 256  # prompts embedded per call when evaluating
+IMAGE_INPUTS = ('pixels', 'latent')
 
 
-def make_tokenizer(config: ml_collections.ConfigDict, workdir: str | None = None):
-  """DIR/tokenizer.json when the work directory has one; else built from `config.tokenizer` (and saved
-  there when a work directory is given)."""
-  path = os.path.join(workdir, TOKENIZER_FILE) if workdir else None
-  if path and os.path.exists(path):
-    return tokenizer_lib.load(path)
-  settings = config.tokenizer
-  if settings.name not in TOKENIZERS:
-    raise ValueError(f'unknown tokenizer {settings.name!r}; valid: {list(TOKENIZERS)}')
-  if settings.name == 'byte':
-    tokenizer = tokenizer_lib.ByteTokenizer(settings.context_length)
-  else:
-    source = sources.get_source(config.data.dataset, config.data.train_split, config.data.get('data_dir'))
-    if not source.info.has_captions:
-      raise ValueError(f'{config.data.dataset} has no captions to train a text model on; use a captioned '
-                       'dataset (shapes, digits, a folder with metadata.jsonl or .txt sidecars).')
-    captions = [source[i]['caption'] for i in range(min(len(source), settings.num_captions))]
-    tokenizer = tokenizer_lib.train_bpe(captions, settings.num_merges, settings.context_length)
-    logging.info('Learned %d BPE merges from %d captions.', tokenizer.vocab_size - tokenizer_lib.NUM_BASE_TOKENS,
-                 len(captions))
-  if path and jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    tokenizer.save(path)
-  return tokenizer
-
-
-class ClipTask:
+class ClipTask(TextConditioned):
   """A dual encoder trained contrastively; `encode_text` / `encode_images` are the space's API."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str | None = None):
-    self.tokenizer = make_tokenizer(config, workdir)
+  semantic_space = 'text_image'
+
+  @classmethod
+  def needs(cls, config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    return ('tokenizer', 'vae') if config.get('image_input', 'pixels') == 'latent' else ('tokenizer',)
+
+  def __init__(self, config: ml_collections.ConfigDict, tokenizer: tokenizer_lib.Tokenizer,
+               vae: Trained | None = None):
+    """`tokenizer` turns captions into ids; `vae` is the trained VAE whose latents the image tower reads
+    when `config.image_input == 'latent'` (the space a latent diffusion model generates in)."""
+    self.tokenizer = tokenizer
     self.model: CLIP = build_model(config.model, config.train.compute_dtype, vocab_size=self.tokenizer.vocab_size,
                                    context_length=self.tokenizer.context_length)
     if config.loss.name not in losses.CONTRASTIVE_LOSSES:
@@ -74,22 +55,15 @@ class ClipTask:
     self.loss_fn = losses.CONTRASTIVE_LOSSES[config.loss.name]
     size, channels = config.data.image_size, config.data.channels
     self.image_shape = (size, size, channels)
-    # The image tower reads pixels, or the latents of a trained VAE (`image_input='latent'`, the VAE at
-    # `stages.vae` relative to the work directory), the space a latent diffusion model generates in.
-    self.vae = None
-    if config.get('image_input', 'pixels') == 'latent':
-      from lgm.tasks.text_to_image import load_stage  # deferred: that module builds on this one's peers
-      if workdir is None:
-        raise ValueError("image_input='latent' reads a trained VAE next to the work directory; give one.")
-      self.vae = load_stage(workdir, config.stages.vae, 'vae')
-    elif config.get('image_input', 'pixels') != 'pixels':
-      raise ValueError(f"unknown image_input {config.image_input!r}; valid: ['pixels', 'latent']")
+    image_input = config.get('image_input', 'pixels')
+    if image_input not in IMAGE_INPUTS:
+      raise ValueError(f'unknown image_input {image_input!r}; valid: {list(IMAGE_INPUTS)}')
+    if (image_input == 'latent') != (vae is not None):
+      raise ValueError(f"image_input={image_input!r} takes {'a' if image_input == 'latent' else 'no'} trained VAE.")
+    self.vae = vae
     self.prompts = evaluation.prompt_table(config.data.dataset)
 
   # --- the text-image space ------------------------------------------------------------------------
-  def tokenize(self, texts) -> np.ndarray:
-    return self.tokenizer(texts)
-
   @functools.partial(jax.jit, static_argnums=0)
   def encode_tokens(self, params: PyTree, tokens: jax.Array) -> dict[str, jax.Array]:
     """Normalised 'embedding' (batch, embed_dim), per-token features 'tokens' and their 'mask'."""
@@ -107,26 +81,13 @@ class ClipTask:
   def encode_text(self, params: PyTree, texts) -> np.ndarray:
     """Strings -> normalised embeddings (numpy), in fixed-size batches (one compilation)."""
     tokens = self.tokenize(texts)
-    size = min(_TEXT_BATCH, len(tokens))
-    out = []
-    for start in range(0, len(tokens), size):
-      chunk = tokens[start:start + size]
-      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), axis=0)])
-      out.append(np.asarray(self.encode_tokens(params, chunk)['embedding'])[:len(tokens) - start])
-    return np.concatenate(out)
+    embed = lambda p, chunk: self.encode_tokens(p, chunk)['embedding']
+    return batching.map_in_batches(embed, params, tokens, min(_TEXT_BATCH, len(tokens)))
 
   def logit_scale(self, params: PyTree) -> float:
     return float(self.model.apply({'params': params}, method=CLIP.scale_and_bias)[0])
 
   # --- what the trainer calls ------------------------------------------------------------------------
-  def prepare_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Host side: the captions of a process-local batch as token ids."""
-    return {**batch, 'tokens': self.tokenize(list(batch['caption']))}
-
-  def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-    return {'image': jax.ShapeDtypeStruct((batch_size, *self.image_shape), jnp.float32),
-            'tokens': jax.ShapeDtypeStruct((batch_size, self.tokenizer.context_length), jnp.int32)}
-
   def init(self, rng: jax.Array) -> PyTree:
     images = self.tower_input(jnp.zeros((1, *self.image_shape), jnp.float32))
     tokens = jnp.asarray(self.tokenize(''))
@@ -166,8 +127,3 @@ class ClipTask:
     attributes = np.stack([labels[name] for name in self.prompts.fields], axis=1)
     metrics.update(evaluation.retrieval_metrics(images, texts, attributes))
     return metrics
-
-  def images(self, params: PyTree, batch: dict, rng: jax.Array) -> dict[str, jax.Array]:
-    """No image grids: a dual encoder generates nothing (experiments.explore draws its space)."""
-    del params, batch, rng
-    return {}

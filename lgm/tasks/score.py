@@ -20,16 +20,18 @@ import ml_collections
 from lgm import likelihood, losses, sampling
 from lgm import sde as sde_lib
 from lgm.models import build_model
+from lgm.tasks.base import Task
 
 PyTree = Any
 
 
-class ScoreTask:
+class ScoreTask(Task):
   """A score network trained on one SDE; sampling and bits/dim through that SDE."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str | None = None, **model_extras: Any):
+  sample_flags = ('sampler', 'steps')
+
+  def __init__(self, config: ml_collections.ConfigDict, **model_extras: Any):
     """`model_extras` are constructor arguments the config does not hold (a subclass's conditioning sizes)."""
-    del workdir  # everything this task learns is in the checkpoint
     self.sde = sde_lib.get_sde(config.sde)
     self.model = build_model(config.model, config.train.compute_dtype, **model_extras)
     if config.loss.name not in losses.SCORE_LOSSES:
@@ -133,9 +135,11 @@ class ScoreTask:
                              **{**self.sampling, **dict(options)})
     return jnp.clip(self.to_images(x), -1.0, 1.0), nfe
 
-  def sample(self, params: PyTree, rng: jax.Array, num: int, **options: Any) -> tuple[jax.Array, jax.Array]:
-    """(num images in [-1, 1], nfe) with `config.sampling`, any key overridden by `options`."""
-    return self._sample(params, rng, num, options=tuple(sorted(options.items())))
+  def sample(self, params: PyTree, rng: jax.Array, num: int, **options: Any) -> tuple[jax.Array, int]:
+    """(num images in [-1, 1], nfe) with `config.sampling`, any key of `lgm.sampling.sample` overridden by
+    `options`."""
+    images, nfe = self._sample(params, rng, num, options=tuple(sorted(options.items())))
+    return images, int(nfe)
 
   def images(self, params: PyTree, batch: dict, rng: jax.Array) -> dict[str, jax.Array]:
     """A grid of `sampling.num_samples` samples drawn with `config.sampling`."""

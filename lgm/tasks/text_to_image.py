@@ -1,14 +1,12 @@
 """Latent diffusion guided by text (Rombach et al. 2022): the score SDE of `lgm.tasks.score`, run on the
-latents of a trained VAE and conditioned on a trained CLIP text tower.
-
-The stages it reads live next to its own work directory (`config.stages.vae`, `config.stages.clip`,
-paths relative to it; `configs/t2i_shapes.py` trains all three in one job):
-  data       x = latent_scale * VAE posterior mean of the image; `latent_scale` = 1 / std of the latents,
-             measured on the first `config.latent.scale_examples` training images and kept in
-             DIR/latent_scale.json with the model, so that the SDE's noise levels fit the data. With
-             `config.latent.cache` the whole training split is encoded once, on the first training step,
-             and training batches read their latents by example index (the VAE is frozen and its
-             posterior mean deterministic, so this is exact; it saves the encoder on every step);
+latents of a trained VAE and conditioned on a trained CLIP text tower, both handed in as `Trained` models
+(`lgm.stages` reads them from the job's `vae` and `clip` stages; `configs/t2i_shapes.py` trains all three):
+  data       x = latent_scale * VAE posterior mean of the image; `latent_scale` = 1 / std of the latents
+             (`measure_latent_scale`, on the first `config.latent.scale_examples` training images; kept
+             with the model so that the SDE's noise levels fit the data). With `config.latent.cache` the
+             whole training split (`training_images()`) is encoded once, on the first training step, and
+             training batches read their latents by example index (the VAE is frozen and its posterior mean
+             deterministic, so this is exact; it saves the encoder on every step);
   condition  the text tower's per-token features (cross-attention context, with their mask) and its pooled
              embedding (added to the time embedding). With probability `config.text.p_uncond` a caption
              is dropped: mask all False and a zero vector, the null condition, so one network learns
@@ -20,79 +18,63 @@ paths relative to it; `configs/t2i_shapes.py` trains all three in one job):
 from __future__ import annotations
 
 import functools
-import json
-import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lgm import batching, files, sampling
+from lgm import batching, sampling
 from lgm.models.clip import CLIP
+from lgm.tasks.base import TextConditioned, Trained
 from lgm.tasks.score import ScoreTask
 
 PyTree = Any
-LATENT_SCALE_FILE = 'latent_scale.json'
+_ENCODE_BATCH = 250
 
 
-def stage_dir(workdir: str, relative: str) -> str:
-  return os.path.normpath(os.path.join(workdir, relative))
+def encode_in_batches(vae: Trained, images: np.ndarray) -> np.ndarray:
+  """Unscaled VAE latents (posterior means) of many images, in fixed-size batches."""
+  return batching.map_in_batches(jax.jit(vae.task.encode), vae.params, images, _ENCODE_BATCH)
 
 
-def load_stage(workdir: str, relative: str, name: str):
-  """The trained stage `name` at `relative` to `workdir`, or a one-line error naming it."""
-  from lgm.train import workdir as workdir_lib
-  path = stage_dir(workdir, relative)
-  try:
-    return workdir_lib.load_trained(path)
-  except FileNotFoundError:
-    raise FileNotFoundError(f'the {name} stage has no trained model in {path}; train it first (the t2i job '
-                            f'trains its stages in order: python -m experiments.train --config=configs/t2i_shapes.py '
-                            f'--workdir={os.path.dirname(path)}).') from None
+def measure_latent_scale(vae: Trained, images: np.ndarray) -> float:
+  """1 / std of the VAE latents of `images`: the factor that gives the diffusion unit-variance data."""
+  return float(1.0 / encode_in_batches(vae, images).std())
 
 
-class TextToImageTask(ScoreTask):
+class TextToImageTask(TextConditioned, ScoreTask):
   """Text-conditioned score model on VAE latents; `sample_images` draws guided samples."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str | None = None):
-    if workdir is None:
-      raise ValueError('a text-to-image task reads its VAE and CLIP stages next to its work directory; '
-                       'give it one (or use configs/t2i_shapes.py, which trains them).')
+  generates_from_text = True
+
+  @classmethod
+  def needs(cls, config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    cache = ('training_images',) if config.latent.get('cache', False) else ()
+    return ('vae', 'clip', 'latent_scale', *cache)
+
+  def __init__(self, config: ml_collections.ConfigDict, vae: Trained, clip: Trained, latent_scale: float,
+               training_images: Callable[[], np.ndarray] | None = None):
+    """`training_images()` returns the whole training split's images, row i = example i; needed only with
+    `config.latent.cache`."""
     self.config = config
-    self.vae = load_stage(workdir, config.stages.vae, 'vae')
-    self.clip = load_stage(workdir, config.stages.clip, 'clip')
+    self.vae, self.clip = vae, clip
     clip_model: CLIP = self.clip.task.model
-    super().__init__(config, workdir, context_dim=clip_model.text_width, vector_dim=clip_model.embed_dim)
+    super().__init__(config, context_dim=clip_model.text_width, vector_dim=clip_model.embed_dim)
     self.data_shape = self.vae.task.latent_shape
     self.tokenizer = self.clip.task.tokenizer
     self.p_uncond = float(config.text.p_uncond)
     self.tune_text = bool(config.text.tune)
-    self.latent_scale = self._latent_scale(config, workdir)
+    self.latent_scale = float(latent_scale)
     self.guidance = float(config.sampling_guidance)
     self.cache_latents = bool(config.latent.get('cache', False))
     if self.cache_latents and config.data.random_flip:
       raise ValueError('config.latent.cache keeps one latent per training image, which random flips would '
                        'change; set config.data.random_flip=False or config.latent.cache=False.')
-
-  def _encode_split(self, max_examples: int | None, chunk: int = 250) -> np.ndarray:
-    """Unscaled latents of the first `max_examples` training images (all: None), row i = example i."""
-    from lgm.data import loader as loader_lib  # here: a trained model loads without the data pipeline
-    images = loader_lib.load_arrays(self.config, self.config.data.train_split, max_examples)[0]['image']
-    return batching.map_in_batches(jax.jit(self.vae.task.encode), self.vae.params, images, chunk)
-
-  def _latent_scale(self, config, workdir: str) -> float:
-    path = os.path.join(workdir, LATENT_SCALE_FILE)
-    if os.path.exists(path):
-      with open(path) as f:
-        return float(json.load(f)['latent_scale'])
-    latents = self._encode_split(config.latent.scale_examples)
-    scale = float(1.0 / latents.std())
-    if jax.process_index() == 0:
-      os.makedirs(workdir, exist_ok=True)
-      files.write_json(path, {'latent_scale': scale, 'num_images': len(latents)})
-    return scale
+    if self.cache_latents and training_images is None:
+      raise ValueError('config.latent.cache encodes the training split: give training_images.')
+    self._training_images = training_images
 
   # --- between images and latents ---------------------------------------------------------------------
   def to_data(self, images: jax.Array) -> jax.Array:
@@ -106,12 +88,9 @@ class TextToImageTask(ScoreTask):
     """Scaled latents of the whole training split, by example index (`config.latent.cache`). First read
     while the train step is traced: the encoder runs eagerly there, and the result becomes a constant."""
     with jax.ensure_compile_time_eval():
-      return (self.latent_scale * self._encode_split(None)).astype(np.float32)
+      return (self.latent_scale * encode_in_batches(self.vae, self._training_images())).astype(np.float32)
 
   # --- text conditioning --------------------------------------------------------------------------------
-  def tokenize(self, texts) -> np.ndarray:
-    return self.tokenizer(texts)
-
   def text_conditioning(self, params: PyTree, tokens: jax.Array) -> dict[str, jax.Array]:
     """Token ids -> {'context', 'context_mask', 'vector'} for the score network."""
     clip_params = self.clip.params
@@ -148,12 +127,8 @@ class TextToImageTask(ScoreTask):
     return guided
 
   # --- what the trainer calls ---------------------------------------------------------------------------
-  def prepare_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {**batch, 'tokens': self.tokenize(list(batch['caption']))}
-
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-    spec = {'image': jax.ShapeDtypeStruct((batch_size, *self.image_shape), jnp.float32),
-            'tokens': jax.ShapeDtypeStruct((batch_size, self.tokenizer.context_length), jnp.int32)}
+    spec = super().batch_spec(batch_size)
     if self.cache_latents:
       spec['index'] = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
     return spec
@@ -205,6 +180,10 @@ class TextToImageTask(ScoreTask):
       options['constraint'] = sampling.inpainting(*known)
     x, nfe = sampling.sample(rng, self.sde, score, noise.shape, x_start=noise, **options)
     return jnp.clip(self.to_images(x), -1.0, 1.0), nfe
+
+  def sample(self, params: PyTree, rng: jax.Array, num: int, **options: Any) -> tuple[jax.Array, int]:
+    del params, rng, num, options
+    raise ValueError('a text-to-image model samples from prompts: use lgm.pipeline.TextToImage.')
 
   def images(self, params: PyTree, batch: dict, rng: jax.Array) -> dict[str, jax.Array]:
     """Guided samples for the first `sampling.num_samples` captions of the batch, beside the real images."""

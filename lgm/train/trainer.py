@@ -13,7 +13,6 @@ import time
 from typing import Any, Callable, Iterator, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
@@ -21,8 +20,9 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from lgm import images as image_lib
-from lgm import tasks
+from lgm import stages
 from lgm.data import loader as loader_lib
+from lgm.tasks import Task
 from lgm.train import mesh as mesh_lib
 from lgm.train import metrics as metrics_lib
 from lgm.train import state as state_lib
@@ -52,7 +52,7 @@ def global_batches(loader: loader_lib.Loader, mesh, start_step: int = 0, num_ste
            for k, v in loader_lib.device_fields(batch).items()}
 
 
-def evaluate(task: Any, params: Any, eval_loader: loader_lib.Loader, mesh, seed: int,
+def evaluate(task: Task, params: Any, eval_loader: loader_lib.Loader, mesh, seed: int,
              eval_step=None) -> dict[str, float]:
   """One ordered pass of the eval split (a fixed noise key per batch): the mean of the task's scalar
   metrics, plus `task.summarize` of its per-example outputs concatenated over the whole pass."""
@@ -61,7 +61,7 @@ def evaluate(task: Any, params: Any, eval_loader: loader_lib.Loader, mesh, seed:
   totals: dict[str, float] = {}
   per_example: dict[str, list[np.ndarray]] = {}
   num = 0
-  for i, batch in enumerate(global_batches(eval_loader, mesh, prepare=getattr(task, 'prepare_batch', None))):
+  for i, batch in enumerate(global_batches(eval_loader, mesh, prepare=task.prepare_batch)):
     for name, value in eval_step(params, batch, jax.random.fold_in(base, i)).items():
       if value.ndim:
         per_example.setdefault(name, []).append(multihost_utils.process_allgather(value, tiled=True))
@@ -127,7 +127,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = mesh_lib.make_mesh(config.mesh, devices)
   check_batch_size(config.train.batch_size, mesh.size)
   check_batch_size(config.eval.batch_size, mesh.size, 'eval.batch_size')
-  task = tasks.get_task(config, workdir)
+  task = stages.build_task(config, workdir)
   proc, nproc = jax.process_index(), jax.process_count()
   train_loader = loader_lib.make_loader(config, config.data.train_split, train=True,
                                         process_index=proc, process_count=nproc)
@@ -173,7 +173,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   step = start_step
   try:
     for batch in global_batches(train_loader, mesh, start_step, num_steps - start_step,
-                                getattr(task, 'prepare_batch', None)):
+                                task.prepare_batch):
       state, metrics = train_step(state, batch)
       pending.append(metrics)
       step += 1

@@ -1,4 +1,6 @@
-"""The work directory: resolved config, orbax checkpoints, and loading a trained model back.
+"""The work directory of one run: its resolved config and its orbax checkpoints.
+
+Reading a trained model back (config + task + parameters) is `lgm.stages.load_trained`.
 
 DIR/config.json       the resolved config of the run
 DIR/checkpoints/      orbax: {'state': TrainState, 'meta': {'step', 'data': {'next_step', 'seed'}}}
@@ -6,7 +8,6 @@ DIR/checkpoints/      orbax: {'state': TrainState, 'meta': {'step', 'data': {'ne
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Any
@@ -80,43 +81,3 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> t
 
 def abstract_like(tree: Any, shardings: Any) -> Any:
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-
-
-@dataclasses.dataclass
-class Trained:
-  """A trained model read back from a work directory."""
-  config: ml_collections.ConfigDict
-  task: Any
-  params: Any
-  step: int
-
-
-def load_trained(workdir: str, use_ema: bool | None = None, mesh: jax.sharding.Mesh | None = None) -> Trained:
-  """The task of DIR/config.json with the parameters of its latest checkpoint.
-
-  EMA parameters when `use_ema` (default: the run's `config.eval.use_ema`).
-
-  Laid out on `mesh` as in training when given, else on the first device.
-  """
-  from lgm import tasks  # deferred: tasks import models, which this module's users may not need
-  from lgm.train import state as state_lib
-
-  config = read_config(workdir)
-  task = tasks.get_task(config, workdir)
-  manager = checkpoint_manager(workdir)
-  step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f'no checkpoint in {checkpoint_dir(workdir)}; train first '
-                            f'(python -m experiments.train --config=... --workdir={workdir}).')
-  tx, _ = state_lib.make_optimizer(config)
-  init = state_lib.state_initializer(task.init, tx)
-  abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
-  if mesh is None:
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    shardings = jax.tree.map(lambda _: device, abstract)
-  else:
-    shardings = state_lib.state_shardings(mesh, abstract)
-  state, _ = restore(manager, step, abstract_like(abstract, shardings))
-  manager.close()
-  use_ema = config.eval.use_ema if use_ema is None else use_ema
-  return Trained(config=config, task=task, params=state.ema_params if use_ema else state.params, step=step)

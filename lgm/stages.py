@@ -1,0 +1,172 @@
+"""Assembling trained stages: the one layer that reads runs from work directories and builds tasks.
+
+Tasks know nothing of disks: each declares, with `needs(config)`, the names of the parts its constructor
+takes beyond the config, and this module provides them:
+
+  attributes       the dataset's attribute names and values (a classifier's outputs)
+  tokenizer        DIR/tokenizer.json; on the first run built from `config.tokenizer` (BPE learned from the
+                   training captions) and written there, so that the ids never change under a trained model
+  vae, clip        the trained stages at `config.stages.vae` / `config.stages.clip`, relative to DIR
+  latent_scale     DIR/latent_scale.json; on the first run measured on the VAE's latents of the training split
+  training_images  the training split's images, loaded when first asked for (`config.latent.cache`)
+
+The trainer, the CLIs, the pipeline and the jobs build every task here; a test builds one in memory by
+calling its class with parts of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from lgm import files
+from lgm import tokenizer as tokenizer_lib
+from lgm.data import loader as loader_lib
+from lgm.data import sources
+from lgm.tasks import Task, Trained, task_class
+from lgm.tasks.text_to_image import measure_latent_scale
+from lgm.train import state as state_lib
+from lgm.train import workdir as workdir_lib
+
+TOKENIZER_FILE = 'tokenizer.json'
+LATENT_SCALE_FILE = 'latent_scale.json'
+TOKENIZERS = ('bpe', 'byte')
+
+
+def build_task(config: ml_collections.ConfigDict, workdir: str | None = None) -> Task:
+  """The task of `config.task`, with the parts it needs read from (or first created in) `workdir`.
+
+  Without a work directory nothing is written, and a task that needs a trained stage is refused."""
+  cls = task_class(config.task)
+  parts: dict[str, Any] = {}
+  for name in cls.needs(config):
+    if name not in _PROVIDERS:
+      raise ValueError(f'{cls.__name__} needs {name!r}, which lgm.stages cannot provide; valid: {sorted(_PROVIDERS)}')
+    parts[name] = _PROVIDERS[name](config, workdir, parts)
+  return cls(config, **parts)
+
+
+def load_trained(workdir: str, use_ema: bool | None = None, mesh: jax.sharding.Mesh | None = None) -> Trained:
+  """The task of DIR/config.json with the parameters of its latest checkpoint.
+
+  EMA parameters when `use_ema` (default: the run's `config.eval.use_ema`). Laid out on `mesh` as in
+  training when given, else on the first device."""
+  config = workdir_lib.read_config(workdir)
+  task = build_task(config, workdir)
+  manager = workdir_lib.checkpoint_manager(workdir)
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f'no checkpoint in {workdir_lib.checkpoint_dir(workdir)}; train first '
+                            f'(python -m experiments.train --config=... --workdir={workdir}).')
+  tx, _ = state_lib.make_optimizer(config)
+  abstract = jax.eval_shape(state_lib.state_initializer(task.init, tx), jax.random.PRNGKey(0))
+  if mesh is None:
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shardings = jax.tree.map(lambda _: device, abstract)
+  else:
+    shardings = state_lib.state_shardings(mesh, abstract)
+  state, _ = workdir_lib.restore(manager, step, workdir_lib.abstract_like(abstract, shardings))
+  manager.close()
+  use_ema = config.eval.use_ema if use_ema is None else use_ema
+  return Trained(config=config, task=task, params=state.ema_params if use_ema else state.params, step=step)
+
+
+def stage_dir(workdir: str, relative: str) -> str:
+  return os.path.normpath(os.path.join(workdir, relative))
+
+
+def load_stage(workdir: str | None, relative: str, name: str) -> Trained:
+  """The trained stage `name` at `relative` to `workdir`, or a one-line error naming it."""
+  if workdir is None:
+    raise ValueError(f'this model reads its trained {name} stage next to its work directory; give one.')
+  path = stage_dir(workdir, relative)
+  try:
+    return load_trained(path)
+  except FileNotFoundError:
+    raise FileNotFoundError(f'the {name} stage has no trained model in {path}; train it first (the t2i job '
+                            f'trains its stages in order: python -m experiments.train --config=configs/t2i_shapes.py '
+                            f'--workdir={os.path.dirname(path)}).') from None
+
+
+# --- the parts a task may need ------------------------------------------------------------------------
+def _source(config: ml_collections.ConfigDict, split: str) -> sources.Source:
+  return sources.get_source(config.data.dataset, split, config.data.get('data_dir'))
+
+
+def _attributes(config, workdir, parts) -> dict[str, tuple[str, ...]]:
+  del workdir, parts
+  return dict(_source(config, config.data.eval_split).info.attributes)
+
+
+def make_tokenizer(config: ml_collections.ConfigDict) -> tokenizer_lib.Tokenizer:
+  """A new tokenizer as `config.tokenizer` describes it ('bpe': merges learned from training captions)."""
+  settings = config.tokenizer
+  if settings.name not in TOKENIZERS:
+    raise ValueError(f'unknown tokenizer {settings.name!r}; valid: {list(TOKENIZERS)}')
+  if settings.name == 'byte':
+    return tokenizer_lib.ByteTokenizer(settings.context_length)
+  source = _source(config, config.data.train_split)
+  if not source.info.has_captions:
+    raise ValueError(f'{config.data.dataset} has no captions to train a text model on; use a captioned '
+                     'dataset (shapes, digits, a folder with metadata.jsonl or .txt sidecars).')
+  captions = [source[i]['caption'] for i in range(min(len(source), settings.num_captions))]
+  tokenizer = tokenizer_lib.train_bpe(captions, settings.num_merges, settings.context_length)
+  logging.info('Learned %d BPE merges from %d captions.', tokenizer.vocab_size - tokenizer_lib.NUM_BASE_TOKENS,
+               len(captions))
+  return tokenizer
+
+
+def _tokenizer(config, workdir, parts) -> tokenizer_lib.Tokenizer:
+  del parts
+  path = os.path.join(workdir, TOKENIZER_FILE) if workdir else None
+  if path and os.path.exists(path):
+    return tokenizer_lib.load(path)
+  tokenizer = make_tokenizer(config)
+  if path and jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    tokenizer.save(path)
+  return tokenizer
+
+
+def _vae(config, workdir, parts) -> Trained:
+  del parts
+  return load_stage(workdir, config.stages.vae, 'vae')
+
+
+def _clip(config, workdir, parts) -> Trained:
+  del parts
+  return load_stage(workdir, config.stages.clip, 'clip')
+
+
+def _latent_scale(config, workdir, parts) -> float:
+  path = os.path.join(workdir, LATENT_SCALE_FILE) if workdir else None
+  if path and os.path.exists(path):
+    with open(path) as f:
+      return float(json.load(f)['latent_scale'])
+  images = loader_lib.load_arrays(config, config.data.train_split, config.latent.scale_examples)[0]['image']
+  scale = measure_latent_scale(parts['vae'], images)
+  if path and jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    files.write_json(path, {'latent_scale': scale, 'num_images': len(images)})
+  return scale
+
+
+def _training_images(config, workdir, parts) -> Callable[[], np.ndarray]:
+  del workdir, parts
+  return lambda: loader_lib.load_arrays(config, config.data.train_split)[0]['image']
+
+
+_PROVIDERS: dict[str, Callable[[ml_collections.ConfigDict, str | None, dict], Any]] = {
+    'attributes': _attributes,
+    'tokenizer': _tokenizer,
+    'vae': _vae,
+    'clip': _clip,
+    'latent_scale': _latent_scale,
+    'training_images': _training_images,
+}
