@@ -18,6 +18,7 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
+from lgm.losses import per_example_sum
 from lgm.sampling import ode_nfe
 from lgm.sde import SDE, ScoreFn
 
@@ -39,7 +40,7 @@ def _divergence_fn(fn, x_shape, method: str, rng: jax.Array):
 
     def exact(x, t):
       diag = jax.vmap(lambda e: jax.jvp(lambda y: fn(y, t), (x,), (jnp.broadcast_to(e, x.shape),))[1] * e)(basis)
-      return diag.reshape(dims, x.shape[0], -1).sum(axis=(0, 2))
+      return per_example_sum(diag.sum(0))
     return exact
   if method == 'rademacher':
     probe = jax.random.rademacher(rng, x_shape, dtype=jnp.float32)
@@ -48,7 +49,7 @@ def _divergence_fn(fn, x_shape, method: str, rng: jax.Array):
 
   def hutchinson(x, t):
     jv = jax.jvp(lambda y: fn(y, t), (x,), (probe,))[1]
-    return (jv * probe).reshape(x.shape[0], -1).sum(-1)
+    return per_example_sum(jv * probe)
   return hutchinson
 
 

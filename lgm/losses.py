@@ -15,10 +15,15 @@ NUM_BINS = 256
 _HALF_BIN = 1.0 / (NUM_BINS - 1)  # data levels are k * 2/255 - 1, so each bin is 2/255 wide
 
 
+def per_example_sum(x: jax.Array, mean: bool = False) -> jax.Array:
+  """Sum over all but the leading (batch) axis; the mean with `mean` (score_sde's `reduce_mean`)."""
+  x = x.reshape(x.shape[0], -1)
+  return x.mean(-1) if mean else x.sum(-1)
+
+
 def kl_to_standard_normal(mean: jnp.ndarray, logvar: jnp.ndarray) -> jnp.ndarray:
   """KL(N(mean, exp(logvar)) || N(0, I)) in nats, summed over all but the leading (batch) axis."""
-  kl = 0.5 * (jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar)
-  return kl.reshape(kl.shape[0], -1).sum(-1)
+  return per_example_sum(0.5 * (jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar))
 
 
 def _log_normal_mass(lo: jnp.ndarray, hi: jnp.ndarray) -> jnp.ndarray:
@@ -55,11 +60,6 @@ def discretized_gaussian_log_likelihood(x: jnp.ndarray, mean: jnp.ndarray,
   return _log_normal_mass(lo, hi)
 
 
-def per_example_sum(x: jnp.ndarray) -> jnp.ndarray:
-  """Sum over all but the leading (batch) axis."""
-  return x.reshape(x.shape[0], -1).sum(-1)
-
-
 def bits_per_dim(nll_nats: jnp.ndarray, num_dims: int) -> jnp.ndarray:
   """Per-example negative log-likelihood of discrete data (nats) -> bits per dimension."""
   return nll_nats / (num_dims * jnp.log(2.0))
@@ -81,16 +81,11 @@ def psnr(x: jax.Array, y: jax.Array) -> jax.Array:
   """Per-image PSNR in dB between [-1, 1] images, measured on the [0, 1] scale after clipping."""
   x01 = (jnp.clip(x, -1, 1) + 1) / 2
   y01 = (jnp.clip(y, -1, 1) + 1) / 2
-  mse = per_example_sum(jnp.square(x01 - y01)) / (x[0].size)
+  mse = per_example_sum(jnp.square(x01 - y01), mean=True)
   return -10.0 * jnp.log10(jnp.maximum(mse, 1e-10))
 
 
 # --- score matching (Song et al. 2021, section 3.3 and appendix) -----------------------------------
-
-def _reduce(x: jax.Array, reduce_mean: bool) -> jax.Array:
-  x = x.reshape(x.shape[0], -1)
-  return x.mean(-1) if reduce_mean else x.sum(-1)
-
 
 TIME_DISTRIBUTIONS = ('uniform', 'lognormal')
 
@@ -128,9 +123,9 @@ def dsm_loss(rng: jax.Array, sde, score_fn, x: jax.Array, *, eps: float = 1e-5,
   std_b = std.reshape((-1,) + (1,) * (x.ndim - 1))
   score = score_fn(mean + std_b * z, t)
   if not likelihood_weighting:
-    return _reduce(jnp.square(score * std_b + z), reduce_mean)
+    return per_example_sum(jnp.square(score * std_b + z), reduce_mean)
   g2 = sde.sde(jnp.zeros_like(x), t)[1] ** 2
-  return _reduce(jnp.square(score + z / std_b), reduce_mean) * g2
+  return per_example_sum(jnp.square(score + z / std_b), reduce_mean) * g2
 
 
 def _grid_times(rng: jax.Array, sde, batch: int) -> tuple[jax.Array, jax.Array]:
@@ -147,7 +142,7 @@ def ddpm_loss(rng: jax.Array, sde, score_fn, x: jax.Array, *, reduce_mean: bool 
   alpha_bar = sde.alphas_cumprod[i].reshape((-1,) + (1,) * (x.ndim - 1))
   sigma = jnp.sqrt(1.0 - alpha_bar)
   eps_hat = -sigma * score_fn(jnp.sqrt(alpha_bar) * x + sigma * z, t)
-  return _reduce(jnp.square(eps_hat - z), reduce_mean)
+  return per_example_sum(jnp.square(eps_hat - z), reduce_mean)
 
 
 def smld_loss(rng: jax.Array, sde, score_fn, x: jax.Array, *, reduce_mean: bool = False) -> jax.Array:
@@ -157,7 +152,7 @@ def smld_loss(rng: jax.Array, sde, score_fn, x: jax.Array, *, reduce_mean: bool 
   sigma = sde.discrete_sigmas[i].reshape((-1,) + (1,) * (x.ndim - 1))
   z = jax.random.normal(z_rng, x.shape)
   score = score_fn(x + sigma * z, t)
-  return _reduce(jnp.square(score * sigma + z), reduce_mean)
+  return per_example_sum(jnp.square(score * sigma + z), reduce_mean)
 
 
 SCORE_LOSSES = {'dsm': dsm_loss, 'ddpm': ddpm_loss, 'smld': smld_loss}

@@ -16,16 +16,14 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from lgm.losses import per_example_sum
+
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def broadcast_to(v: jax.Array, x: jax.Array) -> jax.Array:
   """(batch,) -> (batch, 1, ..., 1) to multiply `x`."""
   return jnp.reshape(v, v.shape + (1,) * (x.ndim - v.ndim))
-
-
-def _sum_except_batch(x: jax.Array) -> jax.Array:
-  return jnp.sum(x.reshape(x.shape[0], -1), axis=-1)
 
 
 class SDE:
@@ -56,7 +54,7 @@ class SDE:
     """log N(z; 0, prior_std^2 I), summed over all axes but the first."""
     n = math.prod(z.shape[1:])
     s = self.prior_std()
-    return -0.5 * n * math.log(2 * math.pi * s * s) - _sum_except_batch(z * z) / (2 * s * s)
+    return -0.5 * n * math.log(2 * math.pi * s * s) - per_example_sum(z * z) / (2 * s * s)
 
   def log_snr(self, t: jax.Array) -> jax.Array:
     """lambda(t) = log(alpha / sigma), strictly decreasing in t."""

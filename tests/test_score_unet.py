@@ -144,7 +144,7 @@ def test_conditioning_hooks_and_context_mask():
 
 
 def test_initialisation_starts_residual_branches_near_zero():
-  block = score_unet.ResBlock(8, dropout=0.0)
+  block = layers.ResBlock(8, dropout=0.0)
   x = jnp.ones((1, 2, 2, 8))
   params = compile_fast(lambda key: block.init(key, x, None, False), jax.random.PRNGKey(0))(jax.random.PRNGKey(0))
   # fan-average uniform variance scaling: bound sqrt(3 scale / fan_avg), fan_avg = 9 * 8 here.

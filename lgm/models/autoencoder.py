@@ -2,7 +2,7 @@
 
 The encoder maps (B, H, W, C) images in [-1, 1] to a small (B, H/f, W/f, z) latent; the decoder maps
 back. f = space_to_depth * 2**(len(ch_mult) - 1): a first free space-to-depth step keeps every
-learned convolution at half resolution or below (the costliest case on CPU, see MEASURED.md).
+learned convolution at half resolution or below (full-resolution convolutions are the costliest case on CPU).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ Dtype = Any
 
 
 class _ConvStack(nn.Module):
-  """The shape of an encoder or decoder: widths ch * ch_mult per resolution level."""
+  """The shape of an encoder or decoder: widths ch * ch_mult per resolution level. Its layers keep flax's
+  default initialisers (`layers.lecun_init`), with the residual branches' closing layers at zero."""
   out_channels: int
   ch: int = 32
   ch_mult: Sequence[int] = (1, 2)
@@ -29,6 +30,26 @@ class _ConvStack(nn.Module):
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
 
+  def _conv(self, h: jnp.ndarray, features: int) -> jnp.ndarray:
+    return layers.conv3x3(features, layers.lecun_init(), self.dtype)(h)
+
+  def _head(self, h: jnp.ndarray, features: int) -> jnp.ndarray:
+    return layers.norm_act_conv(h, features, layers.lecun_init(), self.dtype)
+
+  def _res_block(self, h: jnp.ndarray, train: bool, features: int | None = None) -> jnp.ndarray:
+    block = layers.ResBlock(features, dropout=self.dropout, kernel_init=layers.lecun_init, dtype=self.dtype)
+    return block(h, None, train)
+
+  def _resample(self, h: jnp.ndarray, up: bool) -> jnp.ndarray:
+    return layers.Resample(up, with_conv=True, kernel_init=layers.lecun_init, dtype=self.dtype)(h)
+
+  def _mid(self, h: jnp.ndarray, train: bool) -> jnp.ndarray:
+    """The lowest-resolution stage shared by encoder and decoder: res, [attention], res."""
+    h = self._res_block(h, train)
+    if self.mid_attention:
+      h = layers.AttnBlock(kernel_init=layers.lecun_init, dtype=self.dtype)(h)
+    return self._res_block(h, train)
+
 
 class Encoder(_ConvStack):
   """ResNet encoder: [space-to-depth] -> conv -> (res blocks, downsample)* -> mid -> out conv."""
@@ -36,15 +57,14 @@ class Encoder(_ConvStack):
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     h = layers.space_to_depth(x.astype(self.dtype), self.space_to_depth)
-    h = nn.Conv(self.ch * self.ch_mult[0], (3, 3), dtype=self.dtype)(h)
+    h = self._conv(h, self.ch * self.ch_mult[0])
     for level, mult in enumerate(self.ch_mult):
       for _ in range(self.num_res_blocks):
-        h = layers.ResBlock(self.ch * mult, self.dropout, self.dtype)(h, train)
+        h = self._res_block(h, train, self.ch * mult)
       if level < len(self.ch_mult) - 1:
-        h = layers.Downsample(self.dtype)(h)
-    h = _mid(h, self.mid_attention, self.dropout, self.dtype, train)
-    h = nn.swish(layers.group_norm(h.shape[-1], self.dtype)(h))
-    return nn.Conv(self.out_channels, (3, 3), dtype=self.dtype)(h).astype(jnp.float32)
+        h = self._resample(h, up=False)
+    h = self._mid(h, train)
+    return self._head(h, self.out_channels).astype(jnp.float32)
 
 
 class Decoder(_ConvStack):
@@ -52,24 +72,15 @@ class Decoder(_ConvStack):
 
   @nn.compact
   def __call__(self, z: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    h = nn.Conv(self.ch * self.ch_mult[-1], (3, 3), dtype=self.dtype)(z.astype(self.dtype))
-    h = _mid(h, self.mid_attention, self.dropout, self.dtype, train)
+    h = self._conv(z.astype(self.dtype), self.ch * self.ch_mult[-1])
+    h = self._mid(h, train)
     for level, mult in reversed(list(enumerate(self.ch_mult))):
       for _ in range(self.num_res_blocks + 1):
-        h = layers.ResBlock(self.ch * mult, self.dropout, self.dtype)(h, train)
+        h = self._res_block(h, train, self.ch * mult)
       if level > 0:
-        h = layers.Upsample(self.dtype)(h)
-    h = nn.swish(layers.group_norm(h.shape[-1], self.dtype)(h))
-    h = nn.Conv(self.out_channels * self.space_to_depth**2, (3, 3), dtype=self.dtype)(h)
+        h = self._resample(h, up=True)
+    h = self._head(h, self.out_channels * self.space_to_depth**2)
     return layers.depth_to_space(h, self.space_to_depth).astype(jnp.float32)
-
-
-def _mid(h: jnp.ndarray, attention: bool, dropout: float, dtype: Dtype, train: bool) -> jnp.ndarray:
-  """The lowest-resolution stage shared by encoder and decoder: res, [attention], res."""
-  h = layers.ResBlock(h.shape[-1], dropout, dtype)(h, train)
-  if attention:
-    h = layers.SpatialAttention(dtype)(h)
-  return layers.ResBlock(h.shape[-1], dropout, dtype)(h, train)
 
 
 class Autoencoder(nn.Module):

@@ -1,23 +1,59 @@
-"""Building blocks shared by lgm's convolutional networks."""
+"""The building blocks of lgm's convolutional networks: the autoencoder and the score U-Nets.
+
+One GroupNorm rule, one residual block, one attention block and one resampling module (with FIR
+filtering beside them) serve every network. The networks differ in their initialisation, so each
+block that owns weights takes `kernel_init`, a map from a layer's init scale to its initialiser:
+`ddpm_init` (score_sde's, the score networks') or `lecun_init` (flax's default, the autoencoder's).
+The scales themselves are DDPM's: 1 for most layers, 0.1 for 1x1 shortcuts of DDPM blocks and for
+attention's q/k/v, `init_scale` for the layers that close a residual branch.
+"""
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import einops
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
 Dtype = Any
+Initializer = nn.initializers.Initializer
+Init = Callable[[float], Initializer]
+
+
+def ddpm_init(scale: float = 1.0) -> Initializer:
+  """DDPM's initialiser: fan-average uniform variance scaling; scale 0 means "almost zero" (1e-10)."""
+  return nn.initializers.variance_scaling(max(scale, 1e-10), 'fan_avg', 'uniform')
+
+
+def lecun_init(scale: float = 1.0) -> Initializer:
+  """flax's default (LeCun normal) at any non-zero scale, and exact zeros at scale 0: the initialisation
+  the autoencoder has always been trained with."""
+  return nn.initializers.zeros if scale == 0 else nn.initializers.lecun_normal()
 
 
 def group_norm(channels: int, dtype: Dtype = jnp.float32) -> nn.GroupNorm:
-  """GroupNorm with groups of at least 4 channels (32 groups once channels >= 128)."""
-  return nn.GroupNorm(num_groups=math.gcd(max(channels // 4, 1), 32), dtype=dtype)
+  """GroupNorm with min(C / 4, 32) groups as in score_sde, reduced to a divisor of C where it is not one."""
+  return nn.GroupNorm(num_groups=math.gcd(max(min(channels // 4, 32), 1), channels), dtype=dtype)
+
+
+def conv3x3(features: int, kernel_init: Initializer, dtype: Dtype, stride: int = 1) -> nn.Conv:
+  return nn.Conv(features, (3, 3), strides=(stride, stride), kernel_init=kernel_init, dtype=dtype)
+
+
+def norm_act_conv(h: jnp.ndarray, features: int, kernel_init: Initializer, dtype: Dtype) -> jnp.ndarray:
+  """GroupNorm, swish, 3x3 conv: the output head of the networks (and of the score nets' pyramids)."""
+  return conv3x3(features, kernel_init, dtype)(nn.swish(group_norm(h.shape[-1], dtype)(h)))
+
+
+def skip_sum(x: jnp.ndarray, h: jnp.ndarray, rescale: bool) -> jnp.ndarray:
+  """Residual sum; divided by sqrt(2) with `rescale` so that variances do not grow with depth."""
+  return (x + h) / math.sqrt(2.0) if rescale else x + h
 
 
 def space_to_depth(x: jnp.ndarray, factor: int) -> jnp.ndarray:
@@ -34,57 +70,7 @@ def depth_to_space(x: jnp.ndarray, factor: int) -> jnp.ndarray:
   return einops.rearrange(x, 'b h w (p q c) -> b (h p) (w q) c', p=factor, q=factor)
 
 
-class ResBlock(nn.Module):
-  """Pre-activation residual block: (GroupNorm, swish, 3x3 conv) twice, 1x1 skip on a width change."""
-  out_channels: int
-  dropout: float = 0.0
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    h = nn.swish(group_norm(x.shape[-1], self.dtype)(x))
-    h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype)(h)
-    h = nn.swish(group_norm(self.out_channels, self.dtype)(h))
-    h = nn.Dropout(self.dropout, deterministic=not train)(h)
-    h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
-    if x.shape[-1] != self.out_channels:
-      x = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype)(x)
-    return x + h
-
-
-class SpatialAttention(nn.Module):
-  """Single-head self-attention over all spatial positions, residual, zero-initialised output."""
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    b, h, w, c = x.shape
-    y = group_norm(c, self.dtype)(x).reshape(b, h * w, c)
-    q, k, v = (nn.Dense(c, dtype=self.dtype, name=n)(y) for n in ('query', 'key', 'value'))
-    weights = nn.softmax(jnp.einsum('bqc,bkc->bqk', q, k) / math.sqrt(c), axis=-1)
-    y = jnp.einsum('bqk,bkc->bqc', weights, v)
-    y = nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name='out')(y)
-    return x + y.reshape(b, h, w, c)
-
-
-class Downsample(nn.Module):
-  """Halve the resolution with a stride-2 3x3 convolution."""
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    return nn.Conv(x.shape[-1], (3, 3), strides=(2, 2), dtype=self.dtype)(x)
-
-
-class Upsample(nn.Module):
-  """Double the resolution: nearest-neighbour resize, then a 3x3 convolution."""
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-    return nn.Conv(x.shape[-1], (3, 3), dtype=self.dtype)(x)
-
+# --- resampling -------------------------------------------------------------------------------------
 
 def _fir_taps(kernel: Sequence[int], gain: float) -> np.ndarray:
   """Separable 1-D taps -> normalised 2-D FIR filter whose DC gain is `gain`."""
@@ -117,6 +103,18 @@ def fir_downsample(x: jnp.ndarray, kernel: Sequence[int] = (1, 3, 3, 1)) -> jnp.
   return upfirdn2d(x, _fir_taps(kernel, 1.0), down=2, pad=((p + 1) // 2, p // 2))
 
 
+def resample(x: jnp.ndarray, up: bool, fir: bool = False,
+             fir_kernel: Sequence[int] = (1, 3, 3, 1)) -> jnp.ndarray:
+  """Double (`up`) or halve the resolution without weights: FIR-filtered, or nearest-neighbour / 2x2 average
+  (the FIR results for kernel (1, 1), computed without a convolution)."""
+  if fir:
+    return fir_upsample(x, tuple(fir_kernel)) if up else fir_downsample(x, tuple(fir_kernel))
+  if up:
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+  b, h, w, c = x.shape
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
 class FIRConv(nn.Module):
   """Convolution fused with FIR resampling (StyleGAN2): up = transposed stride-2 conv then FIR filter,
   down = FIR filter then stride-2 conv, so the signal is padded once and never aliased. Without
@@ -127,7 +125,7 @@ class FIRConv(nn.Module):
   down: bool = False
   fir_kernel: Sequence[int] = (1, 3, 3, 1)
   use_bias: bool = True
-  kernel_init: Any = nn.initializers.lecun_normal()
+  kernel_init: Initializer = nn.initializers.lecun_normal()
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -149,4 +147,126 @@ class FIRConv(nn.Module):
       x = conv(x, w, window_strides=(1, 1), padding='SAME')
     if self.use_bias:
       x = x + self.param('bias', nn.initializers.zeros, (self.features,)).astype(self.dtype)
+    return x
+
+
+class Resample(nn.Module):
+  """Double (`up`) or halve the resolution: `resample`, or with a 3x3 conv to `out_ch` channels
+  (FIR: fused into `FIRConv`; otherwise nearest-neighbour then conv, or a stride-2 conv)."""
+  up: bool
+  out_ch: int | None = None
+  with_conv: bool = False
+  fir: bool = False
+  fir_kernel: Sequence[int] = (1, 3, 3, 1)
+  kernel_init: Init = ddpm_init
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    if not self.with_conv:
+      return resample(x, self.up, self.fir, self.fir_kernel)
+    out_ch, init = self.out_ch or x.shape[-1], self.kernel_init(1.0)
+    if self.fir:
+      return FIRConv(out_ch, up=self.up, down=not self.up, fir_kernel=tuple(self.fir_kernel),
+                     kernel_init=init, dtype=self.dtype)(x)
+    if self.up:
+      return conv3x3(out_ch, init, self.dtype)(resample(x, up=True))
+    return conv3x3(out_ch, init, self.dtype, stride=2)(x)
+
+
+# --- residual and attention blocks ------------------------------------------------------------------
+
+class ResBlock(nn.Module):
+  """Pre-activation residual block: (GroupNorm, swish, 3x3 conv) twice, with a per-channel bias from the
+  conditioning vector `temb` in between when one is given (None: no projection of it exists).
+
+  kind 'biggan': BigGAN's block, which may also resample (`up` / `down`, both branches, see `resample`)
+  and has a 1x1 shortcut whenever the width or the resolution changes. kind 'ddpm': Ho et al.'s block,
+  1x1 shortcut at init scale 0.1 on a width change only. The closing conv starts at `init_scale`
+  (0: the residual branch starts silent).
+  """
+  out_ch: int | None = None
+  kind: str = 'biggan'
+  up: bool = False
+  down: bool = False
+  dropout: float = 0.0
+  fir: bool = False
+  fir_kernel: Sequence[int] = (1, 3, 3, 1)
+  skip_rescale: bool = False
+  init_scale: float = 0.0
+  kernel_init: Init = ddpm_init
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, temb: jnp.ndarray | None = None, train: bool = False) -> jnp.ndarray:
+    if self.kind not in ('biggan', 'ddpm'):
+      raise ValueError(f"ResBlock kind {self.kind!r}; valid: 'biggan', 'ddpm'")
+    in_ch = x.shape[-1]
+    out_ch = self.out_ch or in_ch
+    h = nn.swish(group_norm(in_ch, self.dtype)(x))
+    if self.up or self.down:
+      h, x = (resample(y, self.up, self.fir, self.fir_kernel) for y in (h, x))
+    h = conv3x3(out_ch, self.kernel_init(1.0), self.dtype)(h)
+    if temb is not None:
+      bias = nn.Dense(out_ch, kernel_init=self.kernel_init(1.0), dtype=self.dtype)(nn.swish(temb))
+      h = h + bias[:, None, None, :]
+    h = nn.swish(group_norm(out_ch, self.dtype)(h))
+    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = conv3x3(out_ch, self.kernel_init(self.init_scale), self.dtype)(h)
+    if in_ch != out_ch or (self.kind == 'biggan' and (self.up or self.down)):
+      shortcut_scale = 0.1 if self.kind == 'ddpm' else 1.0
+      x = nn.Dense(out_ch, kernel_init=self.kernel_init(shortcut_scale), dtype=self.dtype)(x)
+    return skip_sum(x, h, self.skip_rescale)
+
+
+def attend(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, num_heads: int,
+           mask: jnp.ndarray | None = None) -> jnp.ndarray:
+  """Multi-head dot-product attention, (B, Lq, C) x (B, Lk, C) -> (B, Lq, C); softmax in float32.
+
+  Masked keys (mask (B, Lk) False) get weight exactly 0, also when a whole row is masked."""
+  b, lq, c = q.shape
+  split = lambda t: t.reshape(b, t.shape[1], num_heads, c // num_heads)
+  q, k, v = split(q), split(k), split(v)
+  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32) / math.sqrt(c // num_heads)
+  if mask is not None:
+    valid = mask[:, None, None, :]
+    logits = jnp.where(valid, logits, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(logits, axis=-1)
+  if mask is not None:
+    weights = jnp.where(valid, weights, 0.0)
+  out = jnp.einsum('bhqk,bkhd->bqhd', weights.astype(v.dtype), v)
+  return out.reshape(b, lq, c)
+
+
+class AttnBlock(nn.Module):
+  """Self-attention over all positions (DDPM's block), plus cross-attention to `context` when given.
+
+  Each sublayer: GroupNorm, q/k/v projections, `attend`, an output projection at `init_scale` (0: the
+  sublayer starts as the identity), and a residual sum (rescaled with `skip_rescale`). Positions where
+  `context_mask` (B, L) is False are ignored."""
+  num_heads: int = 1
+  skip_rescale: bool = False
+  init_scale: float = 0.0
+  kernel_init: Init = ddpm_init
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, context: jnp.ndarray | None = None,
+               context_mask: jnp.ndarray | None = None) -> jnp.ndarray:
+    b, height, width, c = x.shape
+    if c % self.num_heads:
+      raise ValueError(f'{c} channels do not split into {self.num_heads} heads')
+
+    def sublayer(x, kv_source, mask, name):
+      h = group_norm(c, self.dtype)(x).reshape(b, height * width, c)
+      kv_source = h if kv_source is None else kv_source.astype(self.dtype)
+      q, k, v = (nn.Dense(c, kernel_init=self.kernel_init(0.1), dtype=self.dtype, name=f'{name}_{n}')(src)
+                 for n, src in (('query', h), ('key', kv_source), ('value', kv_source)))
+      h = attend(q, k, v, self.num_heads, mask)
+      h = nn.Dense(c, kernel_init=self.kernel_init(self.init_scale), dtype=self.dtype, name=f'{name}_out')(h)
+      return skip_sum(x, h.reshape(x.shape), self.skip_rescale)
+
+    x = sublayer(x, None, None, 'self')
+    if context is not None:
+      x = sublayer(x, context, context_mask, 'cross')
     return x

@@ -6,7 +6,8 @@ DDPM++ = residual blocks from BigGAN, rescaled skips, sinusoidal time embedding,
 Fourier features of log(sigma), and divides its output by sigma (VE SDE). `DDPM` is score_sde's
 `ddpm` model, Ho et al. 2020's network, expressed as NCSNpp defaults. With the paper's CIFAR-10
 settings the parameter counts match the reference code (61.80M, 62.76M, 106.63M, 107.59M and
-35.22M; pinned to the unit in tests/test_score_unet.py).
+35.22M; pinned to the unit in tests/test_score_unet.py). The blocks are lgm.models.layers', at their
+default DDPM initialisation (`layers.ddpm_init`).
 
 Calling convention (all models here):
   model.apply({'params': p}, x, time_cond, train=False, labels=None, vector=None, context=None,
@@ -44,35 +45,6 @@ from lgm.models import layers
 Dtype = Any
 
 
-def _init(scale: float = 1.0) -> nn.initializers.Initializer:
-  """DDPM's initialiser: fan-average uniform variance scaling; scale 0 means "almost zero" (1e-10)."""
-  return nn.initializers.variance_scaling(max(scale, 1e-10), 'fan_avg', 'uniform')
-
-
-def _group_norm(channels: int, dtype: Dtype) -> nn.GroupNorm:
-  """GroupNorm with min(C / 4, 32) groups, as score_sde (reduced to a divisor of C where it is not)."""
-  return nn.GroupNorm(num_groups=math.gcd(max(min(channels // 4, 32), 1), channels), dtype=dtype)
-
-
-def _conv3x3(features: int, dtype: Dtype, init_scale: float = 1.0, stride: int = 1) -> nn.Conv:
-  return nn.Conv(features, (3, 3), strides=(stride, stride), kernel_init=_init(init_scale), dtype=dtype)
-
-
-def _norm_act_conv(h: jnp.ndarray, features: int, init_scale: float, dtype: Dtype) -> jnp.ndarray:
-  """GroupNorm, swish, 3x3 conv: the network's output head (and the per-resolution heads of the pyramids)."""
-  return _conv3x3(features, dtype, init_scale)(nn.swish(_group_norm(h.shape[-1], dtype)(h)))
-
-
-def _dense(features: int, dtype: Dtype, init_scale: float = 1.0) -> nn.Dense:
-  """Also the 1x1 convolution ("network in network") of the reference code."""
-  return nn.Dense(features, kernel_init=_init(init_scale), dtype=dtype)
-
-
-def _skip_sum(x: jnp.ndarray, h: jnp.ndarray, rescale: bool) -> jnp.ndarray:
-  """Residual sum; divided by sqrt(2) with `skip_rescale` so that variances do not grow with depth."""
-  return (x + h) / math.sqrt(2.0) if rescale else x + h
-
-
 def sinusoidal_embedding(t: jnp.ndarray, dim: int, max_period: float = 10000.0) -> jnp.ndarray:
   """Transformer / DDPM sinusoidal features of a (B,) float: (B, dim), frequencies 1 .. 1/max_period."""
   half = dim // 2
@@ -95,131 +67,6 @@ class FourierFeatures(nn.Module):
     return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
 
 
-class Resample(nn.Module):
-  """Double (`up`) or halve the resolution: FIR-filtered or nearest / average, with or without a 3x3 conv."""
-  up: bool
-  out_ch: int | None = None
-  with_conv: bool = False
-  fir: bool = False
-  fir_kernel: Sequence[int] = (1, 3, 3, 1)
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    out_ch = self.out_ch or x.shape[-1]
-    if self.fir and self.with_conv:
-      return layers.FIRConv(out_ch, up=self.up, down=not self.up, fir_kernel=tuple(self.fir_kernel),
-                            kernel_init=_init(), dtype=self.dtype)(x)
-    if self.fir:
-      return (layers.fir_upsample if self.up else layers.fir_downsample)(x, tuple(self.fir_kernel))
-    if self.up:
-      x = _nearest_upsample(x)
-      return _conv3x3(out_ch, self.dtype)(x) if self.with_conv else x
-    return _conv3x3(out_ch, self.dtype, stride=2)(x) if self.with_conv else _average_downsample(x)
-
-
-def _nearest_upsample(x: jnp.ndarray) -> jnp.ndarray:
-  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-
-
-def _average_downsample(x: jnp.ndarray) -> jnp.ndarray:
-  b, h, w, c = x.shape
-  return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
-
-
-class ResBlock(nn.Module):
-  """Pre-activation residual block with a per-channel bias from the time embedding.
-
-  kind 'ddpm': Ho et al.'s block (1x1 shortcut on a width change). kind 'biggan': BigGAN's block,
-  which may also resample (`up` / `down`, both branches) and then always has a 1x1 shortcut.
-  """
-  out_ch: int | None = None
-  kind: str = 'biggan'
-  up: bool = False
-  down: bool = False
-  dropout: float = 0.1
-  fir: bool = False
-  fir_kernel: Sequence[int] = (1, 3, 3, 1)
-  skip_rescale: bool = True
-  init_scale: float = 0.0
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray, temb: jnp.ndarray | None, train: bool) -> jnp.ndarray:
-    in_ch = x.shape[-1]
-    out_ch = self.out_ch or in_ch
-    h = nn.swish(_group_norm(in_ch, self.dtype)(x))
-    if self.up or self.down:
-      if self.fir:
-        resample = layers.fir_upsample if self.up else layers.fir_downsample
-        resample = functools.partial(resample, kernel=tuple(self.fir_kernel))
-      else:
-        resample = _nearest_upsample if self.up else _average_downsample
-      h, x = resample(h), resample(x)
-    h = _conv3x3(out_ch, self.dtype)(h)
-    if temb is not None:
-      h = h + _dense(out_ch, self.dtype)(nn.swish(temb))[:, None, None, :]
-    h = nn.swish(_group_norm(out_ch, self.dtype)(h))
-    h = nn.Dropout(self.dropout, deterministic=not train)(h)
-    h = _conv3x3(out_ch, self.dtype, self.init_scale)(h)
-    if self.kind == 'biggan' and (in_ch != out_ch or self.up or self.down):
-      x = _dense(out_ch, self.dtype)(x)
-    elif self.kind == 'ddpm' and in_ch != out_ch:
-      x = _dense(out_ch, self.dtype, 0.1)(x)
-    return _skip_sum(x, h, self.skip_rescale)
-
-
-def _attend(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, num_heads: int,
-            mask: jnp.ndarray | None = None) -> jnp.ndarray:
-  """Multi-head dot-product attention, (B, Lq, C) x (B, Lk, C) -> (B, Lq, C); softmax in float32.
-
-  Masked keys (mask (B, Lk) False) get weight exactly 0, also when a whole row is masked."""
-  b, lq, c = q.shape
-  split = lambda t: t.reshape(b, t.shape[1], num_heads, c // num_heads)
-  q, k, v = split(q), split(k), split(v)
-  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32) / math.sqrt(c // num_heads)
-  if mask is not None:
-    valid = mask[:, None, None, :]
-    logits = jnp.where(valid, logits, jnp.finfo(jnp.float32).min)
-  weights = jax.nn.softmax(logits, axis=-1)
-  if mask is not None:
-    weights = jnp.where(valid, weights, 0.0)
-  out = jnp.einsum('bhqk,bkhd->bqhd', weights.astype(v.dtype), v)
-  return out.reshape(b, lq, c)
-
-
-class AttnBlock(nn.Module):
-  """Self-attention over all positions (DDPM's block), plus cross-attention to `context` when given.
-
-  Each sublayer: GroupNorm, q/k/v 1x1 projections, attention, an output projection initialised
-  near zero (`init_scale`), and a residual sum (rescaled with `skip_rescale`)."""
-  num_heads: int = 1
-  skip_rescale: bool = False
-  init_scale: float = 0.0
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray, context: jnp.ndarray | None = None,
-               context_mask: jnp.ndarray | None = None) -> jnp.ndarray:
-    b, height, width, c = x.shape
-    if c % self.num_heads:
-      raise ValueError(f'{c} channels do not split into {self.num_heads} heads')
-
-    def sublayer(x, kv_source, mask, name):
-      h = _group_norm(c, self.dtype)(x).reshape(b, height * width, c)
-      kv_source = h if kv_source is None else kv_source.astype(self.dtype)
-      q, k, v = (nn.Dense(c, kernel_init=_init(0.1), dtype=self.dtype, name=f'{name}_{n}')(src)
-                 for n, src in (('query', h), ('key', kv_source), ('value', kv_source)))
-      h = _attend(q, k, v, self.num_heads, mask)
-      h = nn.Dense(c, kernel_init=_init(self.init_scale), dtype=self.dtype, name=f'{name}_out')(h)
-      return _skip_sum(x, h.reshape(x.shape), self.skip_rescale)
-
-    x = sublayer(x, None, None, 'self')
-    if context is not None:
-      x = sublayer(x, context, context_mask, 'cross')
-    return x
-
-
 class Combine(nn.Module):
   """Merge the input pyramid into the feature map: 1x1 projection of `x` to y's width, then sum or concat."""
   method: str = 'sum'
@@ -227,7 +74,7 @@ class Combine(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
-    h = _dense(y.shape[-1], self.dtype)(x)
+    h = nn.Dense(y.shape[-1], kernel_init=layers.ddpm_init(), dtype=self.dtype)(x)
     return h + y if self.method == 'sum' else jnp.concatenate([h, y], axis=-1)
 
 
@@ -290,18 +137,19 @@ class NCSNpp(nn.Module):
   def _embedding(self, time_cond, labels, vector) -> jnp.ndarray | None:
     """(B, 4 nf) conditioning vector fed to every residual block, or None when there is nothing."""
     width = 4 * self.nf
+    dense = functools.partial(nn.Dense, width, kernel_init=layers.ddpm_init(), dtype=self.dtype)
     terms = []
     if self.conditional:
       if self.embedding_type == 'fourier':
         temb = FourierFeatures(self.nf, self.fourier_scale)(jnp.log(time_cond))
       else:
         temb = sinusoidal_embedding(time_cond, self.nf)
-      temb = _dense(width, self.dtype)(temb)
-      terms.append(_dense(width, self.dtype)(nn.swish(temb)))
+      temb = dense()(temb)
+      terms.append(dense()(nn.swish(temb)))
     if self.num_classes:
       terms.append(nn.Embed(self.num_classes, width, dtype=self.dtype)(labels))
     if self.vector_dim:
-      terms.append(_dense(width, self.dtype)(vector.astype(self.dtype)))
+      terms.append(dense()(vector.astype(self.dtype)))
     return sum(terms) if terms else None
 
   @nn.compact
@@ -313,12 +161,12 @@ class NCSNpp(nn.Module):
     dtype, nf, levels = self.dtype, self.nf, len(self.ch_mult)
     temb = self._embedding(time_cond, labels, vector)
     kv = dict(context=context, context_mask=context_mask)
-    block = functools.partial(ResBlock, kind=self.resblock_type, dropout=self.dropout, fir=self.fir,
+    block = functools.partial(layers.ResBlock, kind=self.resblock_type, dropout=self.dropout, fir=self.fir,
                               fir_kernel=tuple(self.fir_kernel), skip_rescale=self.skip_rescale,
                               init_scale=self.init_scale, dtype=dtype)
-    attention = functools.partial(AttnBlock, num_heads=self.num_heads, skip_rescale=self.skip_rescale,
+    attention = functools.partial(layers.AttnBlock, num_heads=self.num_heads, skip_rescale=self.skip_rescale,
                                   init_scale=self.init_scale, dtype=dtype)
-    resample = functools.partial(Resample, fir=self.fir, fir_kernel=tuple(self.fir_kernel), dtype=dtype)
+    resample = functools.partial(layers.Resample, fir=self.fir, fir_kernel=tuple(self.fir_kernel), dtype=dtype)
     biggan = self.resblock_type == 'biggan'
 
     x = layers.space_to_depth(x, self.space_to_depth).astype(dtype)
@@ -326,7 +174,7 @@ class NCSNpp(nn.Module):
     input_pyramid = x
 
     # Encoder: residual blocks per resolution, then a downsampling step (all kept for the skips).
-    hs = [_conv3x3(nf, dtype)(x)]
+    hs = [layers.conv3x3(nf, layers.ddpm_init(), dtype)(x)]
     for level, mult in enumerate(self.ch_mult):
       for _ in range(self.num_res_blocks):
         h = block(nf * mult)(hs[-1], temb, train)
@@ -344,7 +192,7 @@ class NCSNpp(nn.Module):
         h = Combine(self.progressive_combine, dtype)(input_pyramid, h)
       elif self.progressive_input == 'residual':
         input_pyramid = resample(up=False, with_conv=True, out_ch=h.shape[-1])(input_pyramid)
-        h = input_pyramid = _skip_sum(input_pyramid, h, self.skip_rescale)
+        h = input_pyramid = layers.skip_sum(input_pyramid, h, self.skip_rescale)
       hs.append(h)
 
     h = block()(hs[-1], temb, train)
@@ -359,18 +207,21 @@ class NCSNpp(nn.Module):
       if h.shape[1] in self.attn_resolutions:
         h = attention()(h, **kv)
       if self.progressive == 'output_skip':
-        image = _norm_act_conv(h, out_ch, self.init_scale, dtype)
+        image = layers.norm_act_conv(h, out_ch, layers.ddpm_init(self.init_scale), dtype)
         pyramid = image if pyramid is None else resample(up=True, with_conv=False)(pyramid) + image
       elif self.progressive == 'residual':
         if pyramid is None:  # lowest resolution: start the stream
-          pyramid = _norm_act_conv(h, h.shape[-1], 1.0, dtype)
+          pyramid = layers.norm_act_conv(h, h.shape[-1], layers.ddpm_init(), dtype)
         else:
           pyramid = resample(up=True, with_conv=True, out_ch=h.shape[-1])(pyramid)
-          h = pyramid = _skip_sum(pyramid, h, self.skip_rescale)
+          h = pyramid = layers.skip_sum(pyramid, h, self.skip_rescale)
       if level > 0:
         h = block(up=True)(h, temb, train) if biggan else resample(up=True, with_conv=self.resamp_with_conv)(h)
 
-    h = pyramid if self.progressive == 'output_skip' else _norm_act_conv(h, out_ch, self.init_scale, dtype)
+    if self.progressive == 'output_skip':
+      h = pyramid
+    else:
+      h = layers.norm_act_conv(h, out_ch, layers.ddpm_init(self.init_scale), dtype)
     h = layers.depth_to_space(h.astype(jnp.float32), self.space_to_depth)
     if self.scale_by_sigma:
       h = h / time_cond.reshape(-1, 1, 1, 1)
