@@ -4,7 +4,6 @@ For x_0 ~ N(mu, S) every SDE here perturbs to N(alpha mu, alpha^2 S + sigma^2 I)
 known at every t and each sampler, the likelihood ODE and the DSM loss can be checked without training.
 """
 
-import functools
 
 import jax
 import jax.numpy as jnp

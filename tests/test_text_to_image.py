@@ -179,7 +179,6 @@ def test_img2img_stays_near_the_input_at_low_strength(pipe, job):
 def test_missing_stages_are_named(job, tmp_path):
   with pytest.raises(FileNotFoundError, match='score stage'):
     TextToImage.from_workdir(str(tmp_path))
-  from lgm import stages
   config = tiny_job_config().score
   with pytest.raises(FileNotFoundError, match='the vae stage has no trained model'):
     stages.build_task(config, str(tmp_path / 'score'))
@@ -235,7 +234,6 @@ def test_clip_can_read_vae_latents_instead_of_pixels(job):
 def test_cached_latents_train_exactly_as_the_encoder(job):
   """config.latent.cache: training batches read their latents by example index instead of encoding their
   images; the loss (same parameters, batch and noise) is the same."""
-  from lgm import stages
   from lgm.data import loader as loader_lib
   config = tiny_job_config().score
   workdir = os.path.join(job[0], 'score')
