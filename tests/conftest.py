@@ -60,3 +60,14 @@ def trained_workdir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('trained'))
   trainer.train_and_evaluate(make_tiny_config(), workdir)
   return workdir
+
+
+# The slowest files first: `--dist loadfile` hands files to the two workers in collection order, so the
+# long ones start at once and the short ones fill in around them (durations: pytest's --durations list).
+SLOWEST_FIRST = ('test_text_to_image.py', 'test_multiprocess.py', 'test_trainer.py', 'test_score_task.py',
+                 'test_tasks.py', 'test_experiments.py', 'test_clip.py')
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: test order within a file is kept
