@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import runpy
 import sys
+import traceback
 from typing import Callable, Sequence
 
 import logging as pylogging
 
-from absl import app, logging
+from absl import app, flags, logging
 
-# Errors that mean "the input is wrong": printed as one line, no traceback.
+_VERBOSE = flags.DEFINE_bool('verbose', False, 'On an input or resource error, print the full traceback too.')
+
+# Errors that mean "the input is wrong" or "the machine is short of something": printed as one line.
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, FloatingPointError)
+RESOURCE_ERRNOS = {errno.ENOSPC: 'free some space', errno.EDQUOT: 'free some space or raise the quota',
+                   errno.EACCES: 'fix the permissions', errno.EPERM: 'fix the permissions',
+                   errno.EROFS: 'use a writable --workdir', errno.ENOMEM: 'use a smaller batch'}
 
 
 def initialize_distributed() -> None:
@@ -64,31 +71,66 @@ def check_config_overrides(argv: Sequence[str]) -> None:
 
 
 class _QuietLibraries(pylogging.Filter):
-  """Drops the INFO chatter of orbax, grain and tfds (every checkpoint logs ~30 lines); warnings pass."""
+  """Drops the INFO chatter of orbax, grain and tfds (every checkpoint logs ~30 lines); their warnings and
+  errors pass as one line each, with the traceback only under --verbose (the error itself reaches `run`)."""
 
   def filter(self, record: pylogging.LogRecord) -> bool:
     chatty = any(f'/{name}/' in record.pathname for name in ('orbax', 'grain', 'tensorflow_datasets'))
+    if chatty and record.exc_info and not (flags.FLAGS.is_parsed() and _VERBOSE.value):
+      record.exc_info, record.exc_text = None, None
     return record.levelno >= pylogging.WARNING or not chatty
 
 
 def run(main: Callable) -> None:
-  """absl's app.run, with input errors reported as a single line and exit status 2."""
+  """absl's app.run, with input and resource errors reported as a single line and exit status 2."""
   logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
     check_config_overrides(sys.argv[1:])
   except USER_ERRORS as e:
-    _fail(e)
+    _fail(one_line_message(e))
 
   def guarded(argv):
     try:
       return main(argv)
-    except USER_ERRORS as e:
-      _fail(e)
+    except Exception as e:  # noqa: BLE001 - anything not known to be the user's to fix is re-raised
+      message = one_line_message(e)
+      if message is None:
+        raise
+      if _VERBOSE.value:
+        traceback.print_exc()
+      _fail(message)
 
   app.run(guarded)
 
 
-def _fail(error: Exception) -> None:
-  message = error.args[0] if isinstance(error, KeyError) and error.args else error
+def one_line_message(error: BaseException) -> str | None:
+  """What the user should read for an input or resource error (None: a bug, show the traceback)."""
+  from lgm.train.checkpoints import CheckpointError
+  from lgm.train.lock import WorkdirBusyError
+  cause = _resource_error(error)
+  if cause is not None:
+    path = cause.filename or (flags.FLAGS['workdir'].value if 'workdir' in flags.FLAGS else None)
+    where = f' ({path})' if path else ''
+    return (f'{os.strerror(cause.errno)}{where}; {RESOURCE_ERRNOS[cause.errno]} and run the same command again '
+            '(what was saved is kept; --verbose shows the traceback).')
+  if isinstance(error, KeyError) and error.args:
+    return str(error.args[0])
+  if isinstance(error, USER_ERRORS + (CheckpointError, WorkdirBusyError)):
+    return str(error)
+  return None
+
+
+def _resource_error(error: BaseException | None) -> OSError | None:
+  """The OSError of a full disk, a quota or a permission behind `error` (libraries wrap them), if any."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in RESOURCE_ERRNOS:
+      return error
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def _fail(message: str) -> None:
   print(f'error: {message}', file=sys.stderr)
   sys.exit(2)

@@ -4,8 +4,6 @@ python -m experiments.evaluate --workdir=runs/vae_shapes [--num_samples=2000]
 python -m experiments.evaluate --workdir=runs/t2i_shapes [--num_samples=1000]   # a job: its report's metrics
 """
 
-import sys
-
 from absl import flags
 
 from experiments import common
@@ -38,7 +36,7 @@ def main(argv):
       process_count=jax.process_count(), batch_size=config.eval.batch_size,
       max_examples=_NUM_SAMPLES.value or config.eval.num_examples)
   results = trainer.evaluate(trained.task, trained.params, eval_loader, mesh, config.seed)
-  writer = metrics_lib.MetricsWriter(_WORKDIR.value, resume_step=sys.maxsize)
+  writer = metrics_lib.MetricsWriter(_WORKDIR.value)
   writer.write(trained.step, results)
   writer.close()
   print(f'step {trained.step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in results.items()))

@@ -13,6 +13,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from lgm import files
+
 
 def to_uint8(images) -> np.ndarray:
   """Float images in [-1, 1] -> uint8 by `round((x + 1) * 127.5)`, clipped; uint8 passes through.
@@ -76,7 +78,8 @@ def save_png(path: str, array_uint8: np.ndarray) -> str:
   if array.ndim == 3 and array.shape[-1] == 1:
     array = array[..., 0]
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  Image.fromarray(array).save(path)
+  with files.replacing(path, 'wb') as f:
+    Image.fromarray(array).save(f, format='PNG')
   return path
 
 

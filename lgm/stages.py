@@ -31,6 +31,7 @@ from lgm.data import loader as loader_lib
 from lgm.data import sources
 from lgm.tasks import Task, Trained, task_class
 from lgm.tasks.text_to_image import measure_latent_scale
+from lgm.train import checkpoints as checkpoints_lib
 from lgm.train import state as state_lib
 from lgm.train import workdir as workdir_lib
 
@@ -53,17 +54,12 @@ def build_task(config: ml_collections.ConfigDict, workdir: str | None = None) ->
 
 
 def load_trained(workdir: str, use_ema: bool | None = None, mesh: jax.sharding.Mesh | None = None) -> Trained:
-  """The task of DIR/config.json with the parameters of its latest checkpoint.
+  """The task of DIR/config.json with the parameters of its latest readable checkpoint.
 
   EMA parameters when `use_ema` (default: the run's `config.eval.use_ema`). Laid out on `mesh` as in
   training when given, else on the first device."""
   config = workdir_lib.read_config(workdir)
   task = build_task(config, workdir)
-  manager = workdir_lib.checkpoint_manager(workdir)
-  step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f'no checkpoint in {workdir_lib.checkpoint_dir(workdir)}; train first '
-                            f'(python -m experiments.train --config=... --workdir={workdir}).')
   tx, _ = state_lib.make_optimizer(config)
   abstract = jax.eval_shape(state_lib.state_initializer(task.init, tx), jax.random.PRNGKey(0))
   if mesh is None:
@@ -71,8 +67,15 @@ def load_trained(workdir: str, use_ema: bool | None = None, mesh: jax.sharding.M
     shardings = jax.tree.map(lambda _: device, abstract)
   else:
     shardings = state_lib.state_shardings(mesh, abstract)
-  state, _ = workdir_lib.restore(manager, step, workdir_lib.abstract_like(abstract, shardings))
-  manager.close()
+  checkpoints = checkpoints_lib.Checkpoints(workdir)
+  try:
+    restored = checkpoints.restore(checkpoints_lib.abstract_like(abstract, shardings))
+  finally:
+    checkpoints.close()
+  if restored is None:
+    raise FileNotFoundError(f'no checkpoint in {checkpoints.directory}; train first '
+                            f'(python -m experiments.train --config=... --workdir={workdir}).')
+  state, _, step = restored
   use_ema = config.eval.use_ema if use_ema is None else use_ema
   return Trained(config=config, task=task, params=state.ema_params if use_ema else state.params, step=step)
 

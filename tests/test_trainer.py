@@ -185,7 +185,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
   workdir = str(tmp_path / 'nan')
   with pytest.raises(trainer.NonFiniteLossError, match='loss or gradient norm is nan at step 13.*checkpoint \\(step 10\\) is intact'):
     trainer.train_and_evaluate(make_tiny_config(), workdir)
-  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['10']
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['10', 'digest-10.json']
   assert max(r['step'] for r in metrics_lib.read_metrics(workdir)) == 12
 
 

@@ -3,6 +3,8 @@
 A report is a pair of functions:
   evaluate(workdir, report_config, num=None) -> metrics   measure the trained job (also `experiments.evaluate`)
   write(workdir, job_config, metrics, seconds) -> path     DIR/report.md (and report.json) from those metrics
+
+`write` writes DIR/report.md last: a job whose stages are trained and that has one is finished.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ class Report:
   evaluate: Callable[[str, ml_collections.ConfigDict, int | None], dict[str, float]]
   write: Callable[[str, ml_collections.ConfigDict, dict[str, float], dict[str, float]], str]
 
+
+REPORT_FILE = 'report.md'
 
 REPORTS: dict[str, Report] = {
     'text_to_image': Report(text_to_image.evaluate, text_to_image.write),

@@ -10,7 +10,6 @@ DIR/samples/prompts.png, and `eval/...` lines in DIR/metrics.jsonl.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -18,7 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from lgm import batching, evaluation, stages
+from lgm import batching, evaluation, files, stages
 from lgm import images as image_lib
 from lgm.data import loader as loader_lib
 from lgm.pipeline import SCORE_STAGE, TextToImage
@@ -58,7 +57,7 @@ def evaluate(workdir: str, report: ml_collections.ConfigDict, num: int | None = 
     metrics.update(negative_prompt_effect(pipe, classifier, report.negative_images_per_value,
                                           max(report.guidances)))
   step = pipe.step
-  writer = metrics_lib.MetricsWriter(workdir, resume_step=2**31 - 1)
+  writer = metrics_lib.MetricsWriter(workdir)
   writer.write(step, {f'eval/{k}': v for k, v in metrics.items()})
   writer.close()
   if jax.process_index() == 0:
@@ -128,8 +127,6 @@ def write(workdir: str, config: ml_collections.ConfigDict, metrics: dict[str, fl
   lines += [f'| {name} | {s:.0f} |' for name, s in seconds.items()]
   lines.append(f'| total | {sum(seconds.values()):.0f} |')
   path = os.path.join(workdir, 'report.md')
-  with open(path, 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  with open(os.path.join(workdir, 'report.json'), 'w') as f:
-    json.dump({'metrics': metrics, 'seconds': seconds}, f, indent=1)
+  files.write_json(os.path.join(workdir, 'report.json'), {'metrics': metrics, 'seconds': seconds}, indent=1)
+  files.write_text(path, '\n'.join(lines) + '\n')  # last: report.md is what marks the job as finished
   return path

@@ -1,4 +1,8 @@
-"""DIR/metrics.jsonl and TensorBoard events, written by process 0 only."""
+"""DIR/metrics.jsonl and TensorBoard events, written by process 0 only.
+
+metrics.jsonl is an append-only log: one JSON object per line, always with "step". A process killed while
+appending can leave a torn last line; readers drop it (with a warning) instead of refusing the file.
+"""
 
 from __future__ import annotations
 
@@ -7,28 +11,33 @@ import os
 from typing import Mapping
 
 import jax
+from absl import logging
+
+from lgm import files
+
+METRICS_FILE = 'metrics.jsonl'
 
 
 class MetricsWriter:
-  """Appends one JSON object per line, always with "step"; mirrors scalars to TensorBoard (DIR/tb).
+  """Appends records to DIR/metrics.jsonl and mirrors them to TensorBoard (DIR/tb).
 
-  Opening it for a run that resumes at step s first drops the lines logged after s, so that every
-  step appears once in the file.
+  Opened for a run that resumes at step s (`resume_step=s`), it first drops the records logged after s,
+  so that every step appears once; `resume_step=None` only appends (an evaluation of a trained run).
+  Nothing is written, not even a TensorBoard file, until the first `write`.
   """
 
-  def __init__(self, workdir: str, resume_step: int, enabled: bool | None = None):
+  def __init__(self, workdir: str, resume_step: int | None = None, enabled: bool | None = None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.workdir = workdir
+    self.path = os.path.join(workdir, METRICS_FILE)
     self._tb = None
-    if not self.enabled:
+    if not self.enabled or not os.path.exists(self.path):
       return
-    if os.path.exists(self.path):
-      with open(self.path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line)['step'] <= resume_step]
-      with open(self.path, 'w') as f:
-        f.writelines(kept)
-    from tensorboardX import SummaryWriter  # imported lazily: only the writing process needs it
-    self._tb = SummaryWriter(os.path.join(workdir, 'tb'))
+    records, lines = _parse(self.path)
+    kept = [r for r in records if resume_step is None or r['step'] <= resume_step]
+    if len(kept) < lines:
+      with files.replacing(self.path) as f:
+        f.writelines(json.dumps(r) + '\n' for r in kept)
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
@@ -36,6 +45,9 @@ class MetricsWriter:
     record = {'step': int(step), **{k: float(v) for k, v in metrics.items()}}
     with open(self.path, 'a') as f:
       f.write(json.dumps(record) + '\n')
+    if self._tb is None:
+      from tensorboardX import SummaryWriter  # imported lazily: only the writing process needs it
+      self._tb = SummaryWriter(os.path.join(self.workdir, 'tb'))
     for name, value in metrics.items():
       self._tb.add_scalar(name, float(value), int(step))
     self._tb.flush()
@@ -46,6 +58,36 @@ class MetricsWriter:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  """All records of DIR/metrics.jsonl, in file order."""
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """All records of DIR/metrics.jsonl, in file order (a torn or unreadable line is dropped with a warning)."""
+  return _parse(os.path.join(workdir, METRICS_FILE))[0]
+
+
+def _parse(path: str) -> tuple[list[dict], int]:
+  """The records of a metrics file and its number of non-empty lines."""
+  records, bad, lines = [], [], 0
+  with open(path, 'rb') as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      lines += 1
+      try:
+        record = json.loads(line)
+        int(record['step'])
+        records.append(record)
+      except (ValueError, KeyError, TypeError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        bad.append(number)
+  if bad:
+    logging.warning('%s: dropped %d unreadable line(s) (line %s), e.g. the torn last line of a killed run.',
+                    path, len(bad), ', '.join(map(str, bad[:5])))
+  return records, lines
+
+
+def last_evaluation(workdir: str) -> dict[str, float]:
+  """The `eval/...` values of the last evaluated step in DIR/metrics.jsonl ({} if none)."""
+  if not os.path.exists(os.path.join(workdir, METRICS_FILE)):
+    return {}
+  evaluated = [r for r in read_metrics(workdir) if any(k.startswith('eval/') for k in r)]
+  if not evaluated:
+    return {}
+  last = evaluated[-1]['step']
+  return {k: v for r in evaluated if r['step'] == last for k, v in r.items() if k.startswith('eval/')}

@@ -2,7 +2,7 @@
 
 `train_and_evaluate(config, workdir)` trains, evaluates every `config.eval.every` steps, writes
 sample grids, checkpoints every `config.train.checkpoint_every` steps (and on SIGTERM), and resumes
-from the latest checkpoint of `workdir` with the same data order and random numbers.
+from the latest readable checkpoint of `workdir` with the same data order and random numbers.
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ import tqdm
 from absl import logging
 from jax.experimental import multihost_utils
 
+from lgm import config_checks, stages
 from lgm import images as image_lib
-from lgm import stages
 from lgm.data import loader as loader_lib
 from lgm.tasks import Task
+from lgm.train import checkpoints as checkpoints_lib
+from lgm.train import lock as lock_lib
 from lgm.train import mesh as mesh_lib
 from lgm.train import metrics as metrics_lib
 from lgm.train import state as state_lib
@@ -104,29 +106,33 @@ class _Stopper:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _check_workdir(config: ml_collections.ConfigDict, workdir: str, has_checkpoint: bool) -> None:
-  """Refuse to resume from checkpoints that another config wrote (before anything is written)."""
-  try:
-    old = workdir_lib.read_config(workdir)
-  except FileNotFoundError:
-    return
-  if not has_checkpoint:
-    return
-  diffs = workdir_lib.config_differences(old, config)
-  if diffs:
-    raise ValueError(f'{workdir} holds checkpoints of another config ({"; ".join(diffs[:4])}'
-                     f'{"; ..." if len(diffs) > 4 else ""}); use a new --workdir, or the config it was trained with.')
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        devices: Sequence[jax.Device] | None = None) -> dict[str, float]:
   """Train `config.task` into `workdir` (resuming if it holds a checkpoint); returns the final metrics.
 
-  `devices` restricts the mesh to some of the devices (default: all of them, on every process).
+  `devices` restricts the mesh to some of the devices (default: all of them, on every process). Every
+  config value is checked before anything is written; the work directory is locked while the run writes
+  there; a finished run is left exactly as it is (`experiments.evaluate` re-evaluates one).
   """
+  config_checks.check_run(config)
   mesh = mesh_lib.make_mesh(config.mesh, devices)
   check_batch_size(config.train.batch_size, mesh.size)
   check_batch_size(config.eval.batch_size, mesh.size, 'eval.batch_size')
+  with lock_lib.hold(workdir):
+    workdir_lib.check_resumable(workdir, config)
+    checkpoints = checkpoints_lib.Checkpoints(workdir, config.train.keep_checkpoints, writer=True)
+    try:
+      latest = checkpoints.latest_step()
+      if latest is not None and latest >= config.train.num_steps and checkpoints.verify(latest) is None:
+        logging.info('%s finished at step %d: nothing to do (experiments.evaluate re-evaluates it).', workdir, latest)
+        return metrics_lib.last_evaluation(workdir)
+      return _train(config, workdir, mesh, checkpoints)
+    finally:
+      checkpoints.close()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
+           checkpoints: checkpoints_lib.Checkpoints) -> dict[str, float]:
   task = stages.build_task(config, workdir)
   proc, nproc = jax.process_index(), jax.process_count()
   train_loader = loader_lib.make_loader(config, config.data.train_split, train=True,
@@ -134,19 +140,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   eval_loader = loader_lib.make_loader(config, config.data.eval_split, train=False, process_index=proc,
                                        process_count=nproc, batch_size=config.eval.batch_size,
                                        max_examples=config.eval.num_examples)
-  manager = workdir_lib.checkpoint_manager(workdir, config.train.keep_checkpoints)
-  latest = manager.latest_step()
-  _check_workdir(config, workdir, latest is not None)
-  if proc == 0:
-    workdir_lib.write_config(workdir, config)
-
   tx, schedule = state_lib.make_optimizer(config)
   state, shardings = state_lib.create_train_state(task.init, tx, config.seed, mesh)
   start_step = 0
-  if latest is not None:
-    state, meta = workdir_lib.restore(manager, latest, workdir_lib.abstract_like(state, shardings))
+  restored = checkpoints.restore(checkpoints_lib.abstract_like(state, shardings))
+  if restored is not None:
+    state, meta, saved = restored
     start_step = int(meta['data']['next_step'])
-    logging.info('Resumed from the checkpoint of step %d in %s.', latest, workdir)
+    logging.info('Resumed from the checkpoint of step %d in %s.', saved, workdir)
+  if proc == 0:
+    workdir_lib.write_config(workdir, config)
   train_step = mesh_lib.compile_then_synchronize(
       state_lib.make_train_step(task.loss, tx, schedule, config.train.ema_decay, mesh, shardings), 'train_step')
   eval_step = mesh_lib.compile_then_synchronize(jax.jit(task.evaluate), 'eval_step')
@@ -160,9 +163,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if not np.isfinite(health):
       raise NonFiniteLossError(
           f'loss or gradient norm is {health} at step {step}: stopped without saving; the last good checkpoint '
-          f'(step {manager.latest_step()}) is intact in {workdir_lib.checkpoint_dir(workdir)}. '
+          f'(step {checkpoints.latest_step()}) is intact in {checkpoints.directory}. '
           'Lower optim.learning_rate or use train.compute_dtype=float32.')
-    workdir_lib.save(manager, step, state, {'step': step, 'data': {'next_step': step}})
+    checkpoints.save(step, state, {'step': step, 'data': {'next_step': step}})
 
   stopper = _Stopper()
   bar = tqdm.tqdm(total=num_steps, initial=start_step, disable=proc != 0, unit='step', dynamic_ncols=True,
@@ -214,8 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         break
   finally:
     bar.close()
-    manager.wait_until_finished()
-    manager.close()
+    checkpoints.wait_until_finished()
     writer.close()
     stopper.restore()
   return last_eval

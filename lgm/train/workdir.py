@@ -1,9 +1,7 @@
-"""The work directory of one run: its resolved config and its orbax checkpoints.
+"""The resolved config of a run, DIR/config.json, and which of its keys a resumed run may change.
 
-Reading a trained model back (config + task + parameters) is `lgm.stages.load_trained`.
-
-DIR/config.json       the resolved config of the run
-DIR/checkpoints/      orbax: {'state': TrainState, 'meta': {'step', 'data': {'next_step', 'seed'}}}
+Checkpoints are `lgm.train.checkpoints`; reading a trained model back (config + task + parameters) is
+`lgm.stages.load_trained`.
 """
 
 from __future__ import annotations
@@ -12,11 +10,10 @@ import json
 import os
 from typing import Any
 
-import jax
 import ml_collections
-import orbax.checkpoint as ocp
 
 from lgm import files
+from lgm.train import checkpoints
 
 # Keys a resumed run may change: they alter how long or how verbosely it runs, not what it learns.
 RESUMABLE_KEYS = ('train.num_steps', 'train.log_every', 'train.checkpoint_every', 'train.keep_checkpoints',
@@ -25,10 +22,6 @@ RESUMABLE_KEYS = ('train.num_steps', 'train.log_every', 'train.checkpoint_every'
 
 def config_path(workdir: str) -> str:
   return os.path.join(workdir, 'config.json')
-
-
-def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), 'checkpoints')
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -41,8 +34,15 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """DIR/config.json, rewritten only when its text changes (a rerun of a finished run changes nothing)."""
+  text = config.to_json(indent=2, sort_keys=True)
+  path = config_path(workdir)
+  if os.path.exists(path):
+    with open(path) as f:
+      if f.read() == text:
+        return
   os.makedirs(workdir, exist_ok=True)
-  files.write_text(config_path(workdir), config.to_json(indent=2, sort_keys=True))
+  files.write_text(path, text)
 
 
 def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
@@ -62,22 +62,15 @@ def config_differences(old: ml_collections.ConfigDict, new: ml_collections.Confi
   return [f'{k}: {a.get(k, "<absent>")} -> {b.get(k, "<absent>")}' for k in keys if a.get(k) != b.get(k)]
 
 
-def checkpoint_manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, create=True)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
-
-
-def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
-  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                             meta=ocp.args.JsonSave(meta)))
-
-
-def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> tuple[Any, dict]:
-  """Restore `step` into the layout (shapes, dtypes, shardings) of `abstract_state`."""
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                                            meta=ocp.args.JsonRestore()))
-  return restored['state'], restored['meta']
-
-
-def abstract_like(tree: Any, shardings: Any) -> Any:
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+def check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Refuse to go on from checkpoints that another config wrote (call it before writing anything)."""
+  try:
+    old = read_config(workdir)
+  except FileNotFoundError:
+    return
+  if not checkpoints.has_checkpoints(workdir):
+    return
+  diffs = config_differences(old, config)
+  if diffs:
+    raise ValueError(f'{workdir} holds checkpoints of another config ({"; ".join(diffs[:4])}'
+                     f'{"; ..." if len(diffs) > 4 else ""}); use a new --workdir, or the config it was trained with.')

@@ -1,0 +1,222 @@
+"""DIR/checkpoints: orbax checkpoints of the train state that degrade gracefully.
+
+Each finished checkpoint gets a digest (size and CRC-32 of every file, DIR/checkpoints/digest-STEP.json)
+once orbax has committed it (at the next save, or when the run ends or stops). A restore verifies the newest checkpoint against its digest before orbax
+reads it; one that is damaged (a file missing, truncated or overwritten) or that orbax cannot read is
+reported in one line, moved aside to DIR/checkpoints/corrupt-STEP by the run that holds the work
+directory, and the previous checkpoint is tried. When none can be read, the restore stops with an error
+rather than start the run over. The run holding the directory also keeps only the newest
+`keep_checkpoints` steps, even after crashes (orbax's partly written temporary directories are removed).
+
+DIR/checkpoints/STEP/   orbax: {'state': TrainState, 'meta': {'step', 'data': {'next_step'}}}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging as pylogging
+import os
+import re
+import shutil
+import sys
+import zlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
+
+from lgm import files
+
+CORRUPT_PREFIX = 'corrupt-'
+_DIGEST = re.compile(r'^digest-(\d+)\.json$')
+
+
+class CheckpointError(RuntimeError):
+  """No checkpoint of a work directory can be read."""
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), 'checkpoints')
+
+
+def has_checkpoints(workdir: str) -> bool:
+  """Whether DIR holds a finished checkpoint (without starting orbax)."""
+  directory = checkpoint_dir(workdir)
+  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
+def abstract_like(tree: Any, shardings: Any) -> Any:
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+class Checkpoints:
+  """The checkpoints of one work directory. `writer=True` only for the run holding its lock (`lgm.train.lock`):
+  it saves, moves damaged checkpoints aside and prunes; a reader (sampling, evaluation) only falls back."""
+
+  def __init__(self, workdir: str, keep: int = 3, writer: bool = False):
+    self.directory = checkpoint_dir(workdir)
+    self.writer = writer
+    self._keep = keep
+    if writer:
+      options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+                                             enable_async_checkpointing=True)
+    else:
+      options = ocp.CheckpointManagerOptions(create=False)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Any, meta: dict) -> None:
+    """Starts writing `step` in the background (the previous save is finished, and digested, first)."""
+    self.wait_until_finished()
+    with self._discarding_partial_saves():
+      self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                       meta=ocp.args.JsonSave(meta)))
+
+  def restore(self, abstract_state: Any) -> tuple[Any, dict, int] | None:
+    """(state, meta, step) of the newest readable checkpoint, laid out as `abstract_state`; None if there
+    are no checkpoints; CheckpointError if there are some and none can be read."""
+    steps = self.steps()
+    if not steps:
+      return None
+    problems = []
+    for step in reversed(steps):
+      problem = self.verify(step)
+      if problem is None:
+        try:
+          with _quiet_async_failures():
+            restored = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+          if self.writer:
+            self._prune(keep_from=step)
+          return restored['state'], restored['meta'], step
+        except Exception as e:  # orbax and tensorstore raise many types for a damaged file
+          problem = _first_line(e)
+      problems.append(f'step {step}: {problem}')
+      moved = self._move_aside(step) if self.writer else None
+      logging.warning('checkpoint of step %d in %s cannot be read (%s)%s; trying the previous one.', step,
+                      self.directory, problem, f'; moved to {moved}' if moved else '')
+    raise CheckpointError(f'no checkpoint in {self.directory} can be read ({"; ".join(problems)}); the damaged '
+                          f'ones were moved to {CORRUPT_PREFIX}STEP. Restore them from a backup, or train into a '
+                          'new --workdir.')
+
+  def verify(self, step: int) -> str | None:
+    """What is wrong with checkpoint `step` against its digest (None: intact, or written without one)."""
+    path = os.path.join(self.directory, f'digest-{step}.json')
+    if not os.path.exists(path):
+      return None  # killed between orbax's commit and the digest: orbax's own checks remain
+    with open(path) as f:
+      expected = json.load(f)
+    actual = _digest(os.path.join(self.directory, str(step)))
+    for name, (size, crc) in sorted(expected.items()):
+      if name not in actual:
+        return f'file {step}/{name} is missing'
+      if actual[name][0] != size:
+        return f'file {step}/{name} has {actual[name][0]} bytes, {size} were written'
+      if actual[name][1] != crc:
+        return f'file {step}/{name} was overwritten (its CRC-32 differs from the one written)'
+    return None
+
+  def wait_until_finished(self) -> None:
+    """Finish the save in flight and write the digests of the committed checkpoints."""
+    with self._discarding_partial_saves():
+      self._manager.wait_until_finished()
+    self._write_digests()
+
+  @contextlib.contextmanager
+  def _discarding_partial_saves(self):
+    """A save that failed (a full disk) leaves no partly written checkpoint behind."""
+    try:
+      yield
+    except BaseException:
+      if jax.process_index() == 0:
+        for name in os.listdir(self.directory):
+          if '.orbax-checkpoint-tmp' in name:
+            shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+      raise
+
+  def close(self) -> None:
+    self._manager.close()
+
+  def _write_digests(self) -> None:
+    """Digest the committed steps that have none; drop the digests of deleted steps."""
+    if jax.process_index() != 0 or not self.writer:
+      return
+    present = {int(d) for d in os.listdir(self.directory) if d.isdigit()}
+    digested = {int(m.group(1)): name for name in os.listdir(self.directory) if (m := _DIGEST.match(name))}
+    for step in sorted(present - set(digested)):
+      files.write_json(os.path.join(self.directory, f'digest-{step}.json'),
+                       _digest(os.path.join(self.directory, str(step))), indent=0)
+    for step in set(digested) - present:
+      files.remove_quietly(os.path.join(self.directory, digested[step]))
+
+  def _move_aside(self, step: int) -> str | None:
+    multihost_utils.sync_global_devices(f'lgm: checkpoint {step} verified')  # every process decided first
+    target = None
+    if jax.process_index() == 0:
+      target = os.path.join(self.directory, f'{CORRUPT_PREFIX}{step}')
+      suffix = 1
+      while os.path.exists(target):
+        target, suffix = os.path.join(self.directory, f'{CORRUPT_PREFIX}{step}.{suffix}'), suffix + 1
+      os.rename(os.path.join(self.directory, str(step)), target)
+      files.remove_quietly(os.path.join(self.directory, f'digest-{step}.json'))
+    multihost_utils.sync_global_devices(f'lgm: checkpoint {step} moved aside')
+    self._manager.reload()
+    return target
+
+  def _prune(self, keep_from: int) -> None:
+    """Keep the newest `keep` steps up to `keep_from` (orbax's retention misses steps left by a crash)."""
+    older = [s for s in self.steps() if s <= keep_from][:-self._keep]
+    if not older:
+      return
+    if jax.process_index() == 0:
+      for step in older:
+        shutil.rmtree(os.path.join(self.directory, str(step)), ignore_errors=True)
+        files.remove_quietly(os.path.join(self.directory, f'digest-{step}.json'))
+      logging.info('Removed checkpoints %s of %s (keep_checkpoints=%d).', older, self.directory, self._keep)
+    multihost_utils.sync_global_devices('lgm: checkpoints pruned')
+    self._manager.reload()
+
+
+def _digest(step_dir: str) -> dict[str, list[int]]:
+  """Relative path -> [size, CRC-32] of every file under a checkpoint directory."""
+  out = {}
+  for root, _, names in os.walk(step_dir):
+    for name in names:
+      path = os.path.join(root, name)
+      crc = 0
+      with open(path, 'rb') as f:
+        while chunk := f.read(1 << 22):
+          crc = zlib.crc32(chunk, crc)
+      out[os.path.relpath(path, step_dir)] = [os.path.getsize(path), crc]
+  return out
+
+
+def _first_line(error: BaseException) -> str:
+  """The innermost cause of an orbax/tensorstore error, on one line."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  text = str(error).strip().splitlines()
+  return f'{type(error).__name__}: {text[0] if text else ""}'[:300]
+
+
+class _quiet_async_failures:
+  """Silences the hundreds of tracebacks that tensorstore's reader threads print after one read failed."""
+
+  def __enter__(self):
+    self._hook, self._level = sys.unraisablehook, pylogging.getLogger('asyncio').level
+    sys.unraisablehook = lambda unraisable: None
+    pylogging.getLogger('asyncio').setLevel(pylogging.CRITICAL)
+
+  def __exit__(self, *exc):
+    if exc[0] is None:  # success: no failing readers are left behind
+      sys.unraisablehook = self._hook
+      pylogging.getLogger('asyncio').setLevel(self._level)
+    return False
