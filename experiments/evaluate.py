@@ -21,7 +21,7 @@ def main(argv):
 
   from lgm import jobs, stages
   from lgm.data import loader as loader_lib
-  from lgm.train import mesh as mesh_lib, metrics as metrics_lib, trainer, workdir as workdir_lib
+  from lgm.train import lock as lock_lib, mesh as mesh_lib, metrics as metrics_lib, trainer, workdir as workdir_lib
 
   config = workdir_lib.read_config(_WORKDIR.value)
   if jobs.is_job(config):
@@ -36,9 +36,10 @@ def main(argv):
       process_count=jax.process_count(), batch_size=config.eval.batch_size,
       max_examples=_NUM_SAMPLES.value or config.eval.num_examples)
   results = trainer.evaluate(trained.task, trained.params, eval_loader, mesh, config.seed)
-  writer = metrics_lib.MetricsWriter(_WORKDIR.value)
-  writer.write(trained.step, results)
-  writer.close()
+  with lock_lib.hold(_WORKDIR.value):  # one writer of metrics.jsonl at a time
+    writer = metrics_lib.MetricsWriter(_WORKDIR.value)
+    writer.write(trained.step, results)
+    writer.close()
   print(f'step {trained.step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in results.items()))
 
 

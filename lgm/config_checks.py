@@ -32,6 +32,8 @@ def _number_in(low: float, high: float, low_open: bool = False, high_open: bool 
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
       return 'must be a number'
     if value < low or value > high or (low_open and value == low) or (high_open and value == high):
+      if high == float('inf'):
+        return f'must be {">" if low_open else ">="} {low:g}'
       return f'must be in {"(" if low_open else "["}{low:g}, {high:g}{")" if high_open else "]"}'
     return None
   return rule

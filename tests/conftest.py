@@ -1,7 +1,11 @@
 """pytest on CPU JAX with 8 simulated devices (set before JAX is imported anywhere)."""
 
+import hashlib
 import os
+import subprocess
+import sys
 import tempfile
+import time
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
@@ -53,6 +57,49 @@ def tiny_overrides(config) -> list[str]:
   return [f'--config.{k}={v}' for k, v in flat_new.items() if flat_old.get(k) != v]
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def train_cli(workdir, config, extra=()) -> subprocess.Popen:
+  """`python -m experiments.train` of `config` (a tiny vae_digits) into `workdir`, in a subprocess."""
+  cmd = [sys.executable, '-m', 'experiments.train', '--config=configs/vae_digits.py', f'--workdir={workdir}',
+         *tiny_overrides(config), *extra]
+  return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition, proc: subprocess.Popen, poll: float = 0.002, timeout: float = 300) -> bool:
+  """Polls `condition()` until it holds (True) or `proc` ends or time runs out (False)."""
+  deadline = time.time() + timeout
+  while time.time() < deadline and proc.poll() is None:
+    if condition():
+      return True
+    time.sleep(poll)
+  return False
+
+
+def checkpoint_steps(workdir) -> list[int]:
+  directory = os.path.join(workdir, 'checkpoints')
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
+
+
+def start_and_wait_for_a_checkpoint(workdir, config) -> subprocess.Popen:
+  """experiments.train in a subprocess, returned once its first checkpoint is finalised (or it ended)."""
+  proc = train_cli(workdir, config)
+  wait_for(lambda: checkpoint_steps(workdir), proc, poll=0.02)
+  return proc
+
+
+def tree_digest(workdir) -> dict[str, str]:
+  """Relative path -> SHA-256 of every file under `workdir`."""
+  out = {}
+  for root, _, names in os.walk(workdir):
+    for name in names:
+      path = os.path.join(root, name)
+      with open(path, 'rb') as f:
+        out[os.path.relpath(path, workdir)] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
 @pytest.fixture(scope='session')
 def trained_workdir(tmp_path_factory):
   """One tiny VAE trained on all 8 devices, shared by the tests that only read a finished run."""
@@ -64,7 +111,7 @@ def trained_workdir(tmp_path_factory):
 
 # The slowest files first: `--dist loadfile` hands files to the two workers in collection order, so the
 # long ones start at once and the short ones fill in around them (durations: pytest's --durations list).
-SLOWEST_FIRST = ('test_text_to_image.py', 'test_multiprocess.py', 'test_trainer.py', 'test_score_task.py',
+SLOWEST_FIRST = ('test_text_to_image.py', 'test_multiprocess.py', 'test_faults.py', 'test_trainer.py', 'test_score_task.py',
                  'test_tasks.py', 'test_experiments.py', 'test_clip.py')
 
 

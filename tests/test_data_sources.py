@@ -301,6 +301,24 @@ def image_folder(tmp_path):
   return root
 
 
+def test_bad_metadata_lines_are_skipped_with_a_warning_naming_file_and_line(image_folder, caplog):
+  lines = [json.dumps({'file_name': 'cats/a.png', 'text': 'a cat from metadata'}).encode(),
+           b'{"file_name": "cats/b.jpg", "text": "caf\xe9"}',  # Latin-1, not UTF-8
+           json.dumps({'file_name': 'cats/gone.png', 'text': 'deleted since'}).encode(),
+           json.dumps({'file_name': '../outside.png', 'text': 'not in the folder'}).encode()]
+  (image_folder / 'metadata.jsonl').write_bytes(b'\n'.join(lines) + b'\n')
+  _save(image_folder.parent / 'outside.png', _image(60))
+  with caplog.at_level(logging.WARNING):
+    _, records = _all_records(image_folder)
+  metadata = str(image_folder / 'metadata.jsonl')
+  assert f'{metadata}: skipped 1 line(s) that are not UTF-8 JSON with "file_name" and "text": line 2' in caplog.text
+  assert 'skipped 2 line(s) naming files that are not in' in caplog.text
+  assert 'cats/gone.png (line 3), ../outside.png (line 4)' in caplog.text
+  assert records['cats/a.png']['caption'] == 'a cat from metadata'
+  assert records['cats/b.jpg']['caption'] == 'ignored: metadata wins'  # its metadata line was bad: the sidecar
+  assert 'outside.png' not in ' '.join(records)
+
+
 def _all_records(root):
   train = sources.get_source(f'folder:{root}', 'train')
   test = sources.get_source(f'folder:{root}', 'test')

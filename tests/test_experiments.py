@@ -90,6 +90,13 @@ def test_cli_errors_are_one_line_and_write_nothing(tmp_path):
   assert not workdir.exists()
   result = run_module('experiments.evaluate', f'--workdir={tmp_path}/nothing')
   assert result.returncode == 2 and 'not an lgm work directory' in result.stderr
+  result = run_module('experiments.train', '--config=configs/vae_digits.py', f'--workdir={workdir}',
+                      '--config.train.num_steps=0', '--config.model.ch_mult=abc')
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: bad config values: model.ch_mult=('abc',) must be a list of positive integers; train.num_steps=0 "
+      'must be an integer >= 1; fix them with --config.KEY=VALUE or in the config file.')
+  assert not workdir.exists()
 
 
 def test_sample_writes_a_grid_of_prior_samples_and_refuses_text_flags(trained_workdir, tmp_path):

@@ -1,24 +1,18 @@
 """The one trainer: same numbers on any mesh, exact resumption, loud failures that keep what was saved."""
 
-import hashlib
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import make_tiny_config, tiny_overrides
+from conftest import make_tiny_config, start_and_wait_for_a_checkpoint, tree_digest
 from lgm.train import mesh as mesh_lib
 from lgm.train import metrics as metrics_lib
 from lgm.train import state as state_lib
 from lgm.train import trainer
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def losses_by_step(workdir):
@@ -61,51 +55,10 @@ def test_mesh_shape_resolution_and_errors():
     mesh_lib.mesh_shape({'data': 4}, 8)
 
 
-def _train_cli(workdir, config, extra=()):
-  cmd = [sys.executable, '-m', 'experiments.train', '--config=configs/vae_digits.py', f'--workdir={workdir}',
-         *tiny_overrides(config), *extra]
-  return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def _start_and_wait_for_a_checkpoint(workdir, config):
-  """experiments.train in a subprocess, returned once its first checkpoint is finalised (or it ended)."""
-  proc = _train_cli(workdir, config)
-  checkpoints = os.path.join(workdir, 'checkpoints')
-  deadline = time.time() + 300
-  while time.time() < deadline and proc.poll() is None:
-    if os.path.isdir(checkpoints) and any(d.isdigit() for d in os.listdir(checkpoints)):
-      break
-    time.sleep(0.02)
-  return proc
-
-
-def test_sigkill_after_a_checkpoint_then_resume_equals_an_uninterrupted_run(trained_workdir, tmp_path):
-  config = make_tiny_config()  # the config of `trained_workdir`, the uninterrupted run
-  killed = str(tmp_path / 'killed')
-  proc = _start_and_wait_for_a_checkpoint(killed, config)
-  assert proc.poll() is None, 'the run ended before it could be killed: ' + proc.stderr.read()[-2000:]
-  os.kill(proc.pid, signal.SIGKILL)
-  proc.wait()
-  assert 0 < max(r['step'] for r in metrics_lib.read_metrics(killed)) < config.train.num_steps
-
-  resumed = _train_cli(killed, config)
-  assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-2000:]
-  records = metrics_lib.read_metrics(killed)
-  keys = [(r['step'], k) for r in records for k in r if k != 'step']
-  assert len(keys) == len(set(keys)), 'a step was logged twice'
-  expected = metrics_lib.read_metrics(trained_workdir)
-  assert [r['step'] for r in records] == [r['step'] for r in expected]
-  for got, want in zip(records, expected):
-    for key in want:
-      if key.endswith('images_per_sec'):
-        continue
-      np.testing.assert_allclose(got[key], want[key], rtol=1e-6, err_msg=f'{key} at step {want["step"]}')
-
-
 def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(trained_workdir, tmp_path):
   config = make_tiny_config()
   workdir = str(tmp_path / 'terminated')
-  proc = _start_and_wait_for_a_checkpoint(workdir, config)
+  proc = start_and_wait_for_a_checkpoint(workdir, config)
   checkpoints = os.path.join(workdir, 'checkpoints')
   proc.send_signal(signal.SIGTERM)
   assert proc.wait(timeout=120) == 0, proc.stderr.read()[-2000:]
@@ -114,20 +67,11 @@ def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(trained_workdir,
   assert saved == last_logged < config.train.num_steps
 
 
-def _digest(workdir):
-  h = hashlib.sha256()
-  for root, _, files in sorted(os.walk(workdir)):
-    for name in sorted(files):
-      with open(os.path.join(root, name), 'rb') as f:
-        h.update(name.encode() + f.read())
-  return h.hexdigest()
-
-
 def test_a_workdir_trained_with_another_config_is_refused_and_left_untouched(trained_workdir):
-  before = _digest(trained_workdir)
+  before = tree_digest(trained_workdir)
   with pytest.raises(ValueError, match=r'another config \(model.ch: 8 -> 16'):
     trainer.train_and_evaluate(make_tiny_config(**{'model.ch': 16}), trained_workdir)
-  assert _digest(trained_workdir) == before
+  assert tree_digest(trained_workdir) == before
 
 
 def test_only_keys_that_change_what_is_learned_block_a_resume():
@@ -138,17 +82,6 @@ def test_only_keys_that_change_what_is_learned_block_a_resume():
   other = make_tiny_config(**{'optim.learning_rate': 1e-2, 'data.dataset': 'shapes'})
   assert workdir_lib.config_differences(old, other) == ['data.dataset: digits -> shapes',
                                                         'optim.learning_rate: 0.003 -> 0.01']
-
-
-def test_running_a_finished_run_again_changes_nothing(trained_workdir, tmp_path):
-  import shutil
-  workdir = str(tmp_path / 'again')
-  shutil.copytree(trained_workdir, workdir)
-  before = metrics_lib.read_metrics(workdir)
-  trainer.train_and_evaluate(make_tiny_config(), workdir)
-  assert metrics_lib.read_metrics(workdir) == before
-  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == sorted(
-      os.listdir(os.path.join(trained_workdir, 'checkpoints')))
 
 
 def test_batch_size_not_divisible_by_devices_fails_before_writing(tmp_path):

@@ -70,22 +70,38 @@ def _image_paths(root: str) -> list[str]:
 
 
 def _metadata_captions(root: str) -> dict[str, str]:
-  """Absolute image path -> caption, from every metadata.jsonl under root."""
-  captions, bad_lines = {}, 0
+  """Absolute image path -> caption, from every metadata.jsonl under root.
+
+  A line that is not UTF-8 JSON with "file_name" and "text" is skipped, and so is a line naming a file
+  that is not in the folder: each with a warning naming the file and its first such lines."""
+  captions = {}
   for folder, subfolders, files in os.walk(root):
     subfolders[:] = [d for d in subfolders if not d.startswith('.')]
     if METADATA_FILE not in files:
       continue
-    with open(os.path.join(folder, METADATA_FILE), encoding='utf-8') as f:
-      for line in filter(str.strip, f):
+    path = os.path.join(folder, METADATA_FILE)
+    bad, missing = [], []
+    with open(path, 'rb') as f:
+      for number, raw in enumerate(f, 1):
+        if not raw.strip():
+          continue
         try:
-          entry = json.loads(line)
-          captions[os.path.normpath(os.path.join(folder, entry['file_name']))] = str(entry['text'])
-        except (ValueError, KeyError, TypeError):
-          bad_lines += 1
-  if bad_lines:
-    logging.warning('folder:%s: ignored %d %s line(s) without JSON "file_name" and "text"',
-                    root, bad_lines, METADATA_FILE)
+          entry = json.loads(raw.decode('utf-8'))
+          image = os.path.normpath(os.path.join(folder, entry['file_name']))
+          text = str(entry['text'])
+        except (ValueError, KeyError, TypeError):  # UnicodeDecodeError is a ValueError
+          bad.append(number)
+          continue
+        if not image.startswith(root + os.sep) or not os.path.isfile(image):  # nothing outside is read
+          missing.append(f'{entry["file_name"]} (line {number})')
+          continue
+        captions[image] = text
+    if bad:
+      logging.warning('%s: skipped %d line(s) that are not UTF-8 JSON with "file_name" and "text": line %s',
+                      path, len(bad), ', '.join(map(str, bad[:5])) + (', ...' if len(bad) > 5 else ''))
+    if missing:
+      logging.warning('%s: skipped %d line(s) naming files that are not in %s: %s', path, len(missing), folder,
+                      ', '.join(missing[:3]) + (', ...' if len(missing) > 3 else ''))
   return captions
 
 
