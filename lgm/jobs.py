@@ -70,14 +70,12 @@ def evaluate(workdir: str, num: int | None = None) -> dict[str, float]:
 
 
 def _saved_step(stage_dir: str) -> int:
-  steps = [int(d) for d in os.listdir(checkpoints.checkpoint_dir(stage_dir)) if d.isdigit()]
-  return max(steps, default=0)
+  directory = checkpoints.checkpoint_dir(stage_dir)
+  return max((int(d) for d in os.listdir(directory) if d.isdigit()), default=0) if os.path.isdir(directory) else 0
 
 
 def _finished(config: ml_collections.ConfigDict, workdir: str) -> bool:
   """Every stage trained to its last step and the report written (report.md is written last)."""
   if not os.path.exists(os.path.join(workdir, reports.REPORT_FILE)):
     return False
-  return all(checkpoints.has_checkpoints(os.path.join(workdir, name))
-             and _saved_step(os.path.join(workdir, name)) >= config[name].train.num_steps
-             for name in config.stage_order)
+  return all(_saved_step(os.path.join(workdir, name)) >= config[name].train.num_steps for name in config.stage_order)

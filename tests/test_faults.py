@@ -241,6 +241,22 @@ def test_a_full_disk_while_writing_a_small_file_leaves_neither_it_nor_a_temporar
     assert f.read() == 'old'
 
 
+def test_resource_errors_behind_library_wrappers_are_one_line_and_bugs_are_not_hidden():
+  for code, advice in ((errno.EACCES, 'fix the permissions'), (errno.ENOSPC, 'free some space'),
+                       (errno.EROFS, 'use a writable --workdir')):
+    try:
+      try:
+        raise OSError(code, os.strerror(code), '/data/run/checkpoints/10')
+      except OSError as cause:
+        raise RuntimeError('Save Finalize thread (save_finalize) failed.') from cause
+    except RuntimeError as wrapped:
+      message = common.one_line_message(wrapped)
+    assert message == (f'{os.strerror(code)} (/data/run/checkpoints/10); {advice} and run the same command again '
+                       '(what was saved is kept; --verbose shows the traceback).')
+  assert common.one_line_message(RuntimeError('a bug')) is None  # shown with its traceback
+  assert common.one_line_message(OSError(errno.EIO, 'I/O error')) is None
+
+
 # --- reruns change nothing ------------------------------------------------------------------------------
 def test_running_a_finished_run_again_changes_no_file(trained_workdir, tmp_path):
   workdir = copy_of(trained_workdir, tmp_path)

@@ -13,6 +13,7 @@ import PIL.Image
 import pytest
 import scipy.linalg
 
+from conftest import tree_digest
 from configs import t2i_shapes
 from lgm import evaluation, jobs, stages
 from lgm.reports import text_to_image as t2i_report
@@ -77,6 +78,9 @@ def test_job_trains_every_stage_then_reports(job):
     assert 0.0 <= metrics[f'negative_{name}_with'] <= 1.0
   assert '| colour | 0.125 |' in report
   assert os.path.exists(os.path.join(workdir, 'score', 'latent_scale.json'))
+  before = tree_digest(workdir)  # the finished job run again: nothing trained, evaluated or rewritten
+  assert jobs.run_job(tiny_job_config(), workdir)['eval/fidelity_all_g3'] == metrics['fidelity_all_g3']
+  assert tree_digest(workdir) == before
 
 
 def test_a_stage_that_stops_early_ends_the_job_without_a_report(tmp_path, monkeypatch):
