@@ -71,13 +71,14 @@ def check_config_overrides(argv: Sequence[str]) -> None:
 
 
 class _QuietLibraries(pylogging.Filter):
-  """Drops the INFO chatter of orbax, grain and tfds (every checkpoint logs ~30 lines); their warnings and
-  errors pass as one line each, with the traceback only under --verbose (the error itself reaches `run`)."""
+  """Drops the INFO chatter of orbax, grain and tfds (every checkpoint logs ~30 lines), and, unless --verbose,
+  the errors they log with a traceback on their way to raising it (the error reaches `run`, which prints
+  it in one line). Their other warnings and errors pass."""
 
   def filter(self, record: pylogging.LogRecord) -> bool:
     chatty = any(f'/{name}/' in record.pathname for name in ('orbax', 'grain', 'tensorflow_datasets'))
     if chatty and record.exc_info and not (flags.FLAGS.is_parsed() and _VERBOSE.value):
-      record.exc_info, record.exc_text = None, None
+      return False
     return record.levelno >= pylogging.WARNING or not chatty
 
 
