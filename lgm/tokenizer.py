@@ -4,8 +4,9 @@ A pretrained tokenizer (CLIP's BPE, SentencePiece) means fetching a vocabulary f
 mostly wasted on captions that use ~100 distinct words. Instead:
 
 - `ByteTokenizer`: the UTF-8 bytes are the tokens; nothing to learn or store.
-- `BPETokenizer`: byte-level BPE whose merges are learned from the dataset's own captions (`train_bpe`) and
-  saved as JSON in the work directory. The base alphabet is the 256 bytes, so any Unicode string tokenizes
+- `BPETokenizer`: byte-level BPE whose merges are learned from the dataset's own captions (`train_bpe`, with
+  the Hugging Face `tokenizers` trainer) and saved in the work directory as a `tokenizers` file, which that
+  library loads to give the same ids. The base alphabet is the 256 bytes, so any Unicode string tokenizes
   and merges only shorten sequences.
 
 Both share the ids PAD = 0, START = 1, END = 2, byte b -> 3 + b, and BPE merge k -> 259 + k, and the same
@@ -15,7 +16,6 @@ Both share the ids PAD = 0, START = 1, END = 2, byte b -> 3 + b, and BPE merge k
 
 from __future__ import annotations
 
-import collections
 import json
 import re
 import warnings
@@ -108,12 +108,6 @@ class Tokenizer:
     """Writes `to_dict()` as JSON to `path` (whole: other processes may be reading it)."""
     files.write_json(path, self.to_dict())
 
-  @classmethod
-  def load(cls, path: str) -> Tokenizer:
-    """Reads a tokenizer written by `save`."""
-    with open(path) as f:
-      return cls.from_dict(json.load(f))
-
 
 class ByteTokenizer(Tokenizer):
   """UTF-8 bytes as tokens: vocab of 259, one token per byte."""
@@ -162,6 +156,16 @@ class BPETokenizer(Tokenizer):
   def to_dict(self) -> dict[str, Any]:
     return {**super().to_dict(), 'merges': [list(m) for m in self.merges]}
 
+  def save(self, path: str) -> None:
+    """Writes the Hugging Face `tokenizers` file of this tokenizer (`tokenizers.Tokenizer.from_file(path)`
+    gives the same ids, START/END, padding and truncation as `__call__`); `load` reads it back."""
+    files.write_text(path, _hf_tokenizer(self).to_str(pretty=True))
+
+  @classmethod
+  def from_hf_json(cls, d: dict[str, Any]) -> BPETokenizer:
+    """Inverse of `save`: the merges and context length of a Hugging Face tokenizer file written by lgm."""
+    return cls(_merge_ids(d['model']['merges']), context_length=d['padding']['strategy']['Fixed'])
+
 
 def _merge_pair(ids: Sequence[int], pair: tuple[int, int], new_id: int) -> list[int]:
   """Replaces the non-overlapping occurrences of `pair` in `ids`, left to right, by `new_id`."""
@@ -178,37 +182,77 @@ def _merge_pair(ids: Sequence[int], pair: tuple[int, int], new_id: int) -> list[
 
 def train_bpe(texts: Iterable[str], num_merges: int, context_length: int = 77,
               min_count: int = 2) -> BPETokenizer:
-  """Learns up to `num_merges` merges from `texts`, greedily joining the most frequent adjacent pair (ties:
-  the smallest pair) until its count falls below `min_count`. Deterministic given the texts' multiset."""
+  """Learns up to `num_merges` merges from `texts` with the Hugging Face `tokenizers` BPE trainer (Rust: 100,000
+  captions in about a second), greedily joining the most frequent adjacent pair inside a word until its count
+  falls below `min_count`. Deterministic given the texts' multiset."""
   if num_merges < 0:
     raise ValueError(f'num_merges must be >= 0, got {num_merges}.')
-  word_counts = collections.Counter(word for text in texts for word in pretokenize(text))
-  # The distinct words (few, for captions), as byte ids, with their counts.
-  words = [(_byte_ids(w), c) for w, c in word_counts.items()]
-  merges: list[tuple[int, int]] = []
-  while len(merges) < num_merges:
-    pair_counts: collections.Counter[tuple[int, int]] = collections.Counter()
-    for ids, count in words:
-      for pair in zip(ids, ids[1:]):
-        pair_counts[pair] += count
-    if not pair_counts:
-      break
-    pair, count = min(pair_counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    if count < min_count:
-      break
-    new_id = NUM_BASE_TOKENS + len(merges)
-    merges.append(pair)
-    words = [(_merge_pair(ids, pair, new_id), c) for ids, c in words]
-  return BPETokenizer(merges, context_length=context_length)
+  from tokenizers import Tokenizer as HFTokenizer, models, pre_tokenizers, trainers
+  hf = HFTokenizer(models.BPE())
+  hf.pre_tokenizer = _hf_pre_tokenizer()
+  trainer = trainers.BpeTrainer(vocab_size=NUM_BASE_TOKENS + num_merges, min_frequency=min_count,
+                                special_tokens=list(SPECIAL_TOKENS), initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                show_progress=False)
+  hf.train_from_iterator(texts, trainer)
+  return BPETokenizer(_merge_ids(json.loads(hf.to_str())['model']['merges']), context_length=context_length)
+
+
+# --- the Hugging Face `tokenizers` file format -----------------------------------------------------------
+# Byte-level BPE there writes each byte as a printable character (GPT-2's table): the printable Latin-1 bytes
+# stand for themselves, the other 68 are shifted to 256, 257, ... in byte order.
+_PRINTABLE = [*range(ord('!'), ord('~') + 1), *range(ord('¡'), ord('¬') + 1), *range(ord('®'), ord('ÿ') + 1)]
+_BYTE_CHARS = {b: chr(b) for b in _PRINTABLE}
+_BYTE_CHARS.update({b: chr(256 + n) for n, b in enumerate(b for b in range(256) if b not in _BYTE_CHARS)})
+SPECIAL_TOKENS = ('<pad>', '<start>', '<end>')  # ids PAD_ID, START_ID, END_ID
+
+
+def _hf_pre_tokenizer():
+  """lgm's word split (`pretokenize`), then bytes as characters: the same words as `pretokenize`."""
+  from tokenizers import Regex, pre_tokenizers
+  return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_WORD_RE.pattern), behavior='isolated'),
+                                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+
+
+def _merge_ids(merges: Sequence[Sequence[str] | str]) -> list[tuple[int, int]]:
+  """Merges written as token strings (['a', 'b'] or 'a b') -> lgm id pairs (merge k creates id 259 + k)."""
+  ids = {char: _BYTE_OFFSET + b for b, char in _BYTE_CHARS.items()}
+  out = []
+  for k, merge in enumerate(merges):
+    a, b = merge.split(' ') if isinstance(merge, str) else merge
+    out.append((ids[a], ids[b]))
+    ids[a + b] = NUM_BASE_TOKENS + k
+  return out
+
+
+def _hf_tokenizer(tokenizer: BPETokenizer):
+  """The same tokenizer as a Hugging Face `tokenizers.Tokenizer`: equal ids, START/END, padding, truncation."""
+  from tokenizers import Tokenizer as HFTokenizer, decoders, models, processors
+  strings = list(SPECIAL_TOKENS) + [_BYTE_CHARS[b] for b in range(256)]
+  merges = []
+  for a, b in tokenizer.merges:
+    merges.append((strings[a], strings[b]))
+    strings.append(strings[a] + strings[b])
+  hf = HFTokenizer(models.BPE(vocab={s: i for i, s in enumerate(strings)}, merges=merges))
+  hf.add_special_tokens(list(SPECIAL_TOKENS))
+  hf.pre_tokenizer = _hf_pre_tokenizer()
+  hf.decoder = decoders.ByteLevel()
+  hf.post_processor = processors.TemplateProcessing(
+      single=f'{SPECIAL_TOKENS[START_ID]} $A {SPECIAL_TOKENS[END_ID]}',
+      special_tokens=[(SPECIAL_TOKENS[START_ID], START_ID), (SPECIAL_TOKENS[END_ID], END_ID)])
+  hf.enable_truncation(max_length=tokenizer.context_length)
+  hf.enable_padding(length=tokenizer.context_length, pad_id=PAD_ID, pad_token=SPECIAL_TOKENS[PAD_ID])
+  return hf
 
 
 _KINDS: dict[str, type[Tokenizer]] = {cls.kind: cls for cls in (ByteTokenizer, BPETokenizer)}
 
 
 def load(path: str) -> ByteTokenizer | BPETokenizer:
-  """Reads a tokenizer written by `save`, of the class named by its 'kind' field."""
+  """Reads a tokenizer written by `save` (a BPE tokenizer's `tokenizers` file, or lgm's JSON with 'kind')."""
   with open(path) as f:
     d = json.load(f)
+  if d.get('model', {}).get('type') == 'BPE':
+    return BPETokenizer.from_hf_json(d)
   if d.get('kind') not in _KINDS:
     raise ValueError(f"unknown tokenizer kind {d.get('kind')!r} in {path}; expected one of {sorted(_KINDS)}.")
   return _KINDS[d['kind']].from_dict(d)

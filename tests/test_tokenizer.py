@@ -1,6 +1,7 @@
 """Byte and BPE tokenizers: lossless round trips on any Unicode, packing/truncation for the text tower, and
 JSON save/load."""
 
+import json
 import warnings
 
 import numpy as np
@@ -164,7 +165,35 @@ def test_save_load(any_tokenizer, tmp_path):
   texts = CAPTIONS[::7] + ROUND_TRIP
   assert [loaded.encode(t) for t in texts] == [any_tokenizer.encode(t) for t in texts]
   np.testing.assert_array_equal(loaded(['a red square', '']), any_tokenizer(['a red square', '']))
-  assert type(any_tokenizer).load(path).to_dict() == any_tokenizer.to_dict()
+
+
+def test_the_saved_bpe_file_is_a_hugging_face_tokenizer_with_the_same_ids(bpe, tmp_path):
+  from tokenizers import Tokenizer as HFTokenizer
+  path = str(tmp_path / 'tokenizer.json')
+  bpe.save(path)
+  hf = HFTokenizer.from_file(path)
+  texts = CAPTIONS[::5] + ROUND_TRIP + ['word ' * 40]  # the last one is truncated
+  with pytest.warns(UserWarning, match='truncated'):
+    expected = bpe(texts)
+  np.testing.assert_array_equal(np.array([e.ids for e in hf.encode_batch(texts)]), expected)
+  assert hf.decode(hf.encode('a small red circle').ids) == 'a small red circle'
+
+
+def test_a_tokenizer_saved_in_the_earlier_json_layout_still_loads(bpe, tmp_path):
+  path = tmp_path / 'tokenizer.json'
+  path.write_text(json.dumps(bpe.to_dict()))  # {'kind': 'bpe', 'context_length', 'merges'}
+  assert tok.load(str(path)).to_dict() == bpe.to_dict()
+
+
+def test_bpe_learns_merges_for_100000_captions_quickly():
+  """Real captions: many distinct words (the Rust trainer; the former pure-Python one took minutes)."""
+  rng = np.random.default_rng(0)
+  letters = np.array(list('abcdefghijklmnopqrstuvwxyz'))
+  words = np.array([''.join(rng.choice(letters, rng.integers(2, 9))) for _ in range(20000)])
+  captions = [' '.join(row) for row in words[rng.integers(0, len(words), (100_000, 12))]]
+  bpe = tok.train_bpe(captions, num_merges=2000)
+  assert len(bpe.merges) == 2000
+  assert np.mean([len(bpe.encode(c)) for c in captions[:100]]) < 0.5 * np.mean([len(c) for c in captions[:100]])
 
 
 def test_from_dict_checks_kind(bpe):
