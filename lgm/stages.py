@@ -118,7 +118,7 @@ def make_tokenizer(config: ml_collections.ConfigDict) -> tokenizer_lib.Tokenizer
   if not source.info.has_captions:
     raise ValueError(f'{config.data.dataset} has no captions to train a text model on; use a captioned '
                      'dataset (shapes, digits, a folder with metadata.jsonl or .txt sidecars).')
-  captions = [source[i]['caption'] for i in range(min(len(source), settings.num_captions))]
+  captions = source.captions(settings.num_captions)
   tokenizer = tokenizer_lib.train_bpe(captions, settings.num_merges, settings.context_length)
   logging.info('Learned %d BPE merges from %d captions.', tokenizer.vocab_size - tokenizer_lib.NUM_BASE_TOKENS,
                len(captions))

@@ -5,6 +5,7 @@ import functools
 import io
 import json
 import logging
+import os
 import pickle
 import re
 import sys
@@ -16,7 +17,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from lgm import images
-from lgm.data import catalog, digits, folder, shapes, shapes_dataset, sources, transforms
+from lgm.data import catalog, digits, folder, folder_index, shapes, shapes_dataset, sources, transforms
 
 TINY = shapes_dataset.ShapesConfig(name='tiny_test', num_train=48, num_test=16, seed=3)
 
@@ -317,6 +318,32 @@ def test_bad_metadata_lines_are_skipped_with_a_warning_naming_file_and_line(imag
   assert records['cats/a.png']['caption'] == 'a cat from metadata'
   assert records['cats/b.jpg']['caption'] == 'ignored: metadata wins'  # its metadata line was bad: the sidecar
   assert 'outside.png' not in ' '.join(records)
+
+
+def test_the_folder_index_is_reused_while_the_folder_is_unchanged(image_folder, monkeypatch):
+  first = sources.get_source(f'folder:{image_folder}', 'train')
+  assert os.path.exists(folder_index.index_path(str(image_folder)))
+  probed = []
+  real_probe = folder._probe
+  monkeypatch.setattr(folder, '_probe', lambda path: probed.append(os.path.basename(path)) or real_probe(path))
+  again = sources.get_source(f'folder:{image_folder}', 'train')
+  assert probed == [] and again.paths == first.paths  # nothing decoded: the index was read back
+  assert again.captions() == first.captions()
+  _save(image_folder / 'cats' / 'new.png', _image(70))
+  (image_folder / 'dogs' / 'c.txt').write_text('a renamed dog\n')
+  changed = sources.get_source(f'folder:{image_folder}', 'train')
+  test = sources.get_source(f'folder:{image_folder}', 'test')
+  assert probed == ['new.png']  # only the new image is decoded; captions are read again
+  captions = dict(zip(changed.paths + test.paths, changed.captions() + test.captions()))
+  assert captions[str(image_folder / 'dogs' / 'c.png')] == 'a renamed dog'
+  assert str(image_folder / 'cats' / 'new.png') in captions
+
+
+def test_captions_are_read_without_decoding_images(image_folder, monkeypatch):
+  source = sources.get_source(f'folder:{image_folder}', 'train')
+  monkeypatch.setattr(folder, 'load_rgb', lambda path: pytest.fail(f'decoded {path}'))
+  assert source.captions() == [source._captions[i] for i in range(len(source))]
+  assert source.captions(1) == source.captions()[:1]
 
 
 def _all_records(root):

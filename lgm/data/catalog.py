@@ -72,3 +72,6 @@ class CatalogSource:
         'label': int(record[LABEL_KEY]) if self._has_label else 0,
         'caption': '',
     }
+
+  def captions(self, limit: int | None = None) -> list[str]:
+    return [''] * (len(self) if limit is None else min(limit, len(self)))

@@ -58,3 +58,6 @@ class DigitsSource:
   def __getitem__(self, index: int) -> dict:
     return {'image': self._images[index], 'label': int(self._labels[index]),
             'caption': self._captions[index]}
+
+  def captions(self, limit: int | None = None) -> list[str]:
+    return self._captions[:limit]

@@ -1,7 +1,8 @@
 """`folder:PATH`: the user's own images, found recursively.
 
 - Images: files with an extension in IMAGE_EXTENSIONS (any case); hidden files and folders
-  (name starting with '.') are ignored. Every file is decoded once when the source is indexed;
+  (name starting with '.') are ignored. Every file is decoded once, when the folder is first
+  indexed (`lgm.data.folder_index`: the index is cached and reused while the folder is unchanged);
   unreadable ones are skipped and counted in the log, so a run never meets them later.
 - Caption: from a `metadata.jsonl` (Hugging Face imagefolder convention: lines
   `{"file_name": ..., "text": ...}`, file_name relative to the folder holding that
@@ -18,7 +19,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import json
 import os
@@ -28,12 +28,11 @@ import PIL.Image
 import PIL.ImageOps
 from absl import logging
 
+from lgm.data import folder_index
+from lgm.data.folder_index import METADATA_FILE
 from lgm.data.sources import SourceInfo
 from lgm.data.transforms import composite_on_white
 
-IMAGE_EXTENSIONS = frozenset(
-    {'.png', '.jpg', '.jpeg', '.webp', '.bmp', '.gif', '.tif', '.tiff', '.ppm', '.pgm'})
-METADATA_FILE = 'metadata.jsonl'
 TEST_FRACTION = 0.05
 _SPLIT_SALT = 'lgm-folder-split'
 SPLITS = ('train', 'test')
@@ -51,30 +50,28 @@ def load_rgb(path: str) -> np.ndarray:
     return np.asarray(image.convert('RGB'))
 
 
-def _is_readable(path: str) -> bool:
+def _probe(path: str) -> tuple[int, int] | None:
+  """(width, height) of an image file that decodes whole, else None."""
   try:
     with PIL.Image.open(path) as image:
       image.load()
-    return True
+      return image.size
   except Exception:  # PIL raises many types (OSError, SyntaxError, ValueError, bomb errors).
-    return False
+    return None
 
 
-def _image_paths(root: str) -> list[str]:
-  paths = []
-  for folder, subfolders, files in os.walk(root):
-    subfolders[:] = sorted(d for d in subfolders if not d.startswith('.'))
-    paths += [os.path.join(folder, f) for f in sorted(files)
-              if not f.startswith('.') and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
-  return paths
+def _read_captions(root: str, paths: list[str]) -> tuple[list[str], list[str]]:
+  """The caption of each image (metadata.jsonl, else its sidecar, else ''), and what was skipped reading them."""
+  metadata, warnings = _metadata_captions(root)
+  return [metadata[p] if p in metadata else _sidecar_caption(p) for p in paths], warnings
 
 
-def _metadata_captions(root: str) -> dict[str, str]:
-  """Absolute image path -> caption, from every metadata.jsonl under root.
+def _metadata_captions(root: str) -> tuple[dict[str, str], list[str]]:
+  """Absolute image path -> caption, from every metadata.jsonl under root, and warnings.
 
   A line that is not UTF-8 JSON with "file_name" and "text" is skipped, and so is a line naming a file
   that is not in the folder: each with a warning naming the file and its first such lines."""
-  captions = {}
+  captions, warnings = {}, []
   for folder, subfolders, files in os.walk(root):
     subfolders[:] = [d for d in subfolders if not d.startswith('.')]
     if METADATA_FILE not in files:
@@ -97,12 +94,12 @@ def _metadata_captions(root: str) -> dict[str, str]:
           continue
         captions[image] = text
     if bad:
-      logging.warning('%s: skipped %d line(s) that are not UTF-8 JSON with "file_name" and "text": line %s',
-                      path, len(bad), ', '.join(map(str, bad[:5])) + (', ...' if len(bad) > 5 else ''))
+      warnings.append(f'{path}: skipped {len(bad)} line(s) that are not UTF-8 JSON with "file_name" and "text": '
+                      f'line {", ".join(map(str, bad[:5]))}{", ..." if len(bad) > 5 else ""}')
     if missing:
-      logging.warning('%s: skipped %d line(s) naming files that are not in %s: %s', path, len(missing), folder,
-                      ', '.join(missing[:3]) + (', ...' if len(missing) > 3 else ''))
-  return captions
+      warnings.append(f'{path}: skipped {len(missing)} line(s) naming files that are not in {folder}: '
+                      f'{", ".join(missing[:3])}{", ..." if len(missing) > 3 else ""}')
+  return captions, warnings
 
 
 def _sidecar_caption(path: str) -> str:
@@ -136,26 +133,24 @@ class FolderSource:
     if not os.path.isdir(self.root):
       raise ValueError(f'folder:{root}: no such directory; set the dataset to folder:PATH '
                        'with PATH a directory of images.')
-    candidates = _image_paths(self.root)
-    workers = min(32, (os.cpu_count() or 1) + 4)
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-      readable = list(pool.map(_is_readable, candidates))
-    paths = [p for p, ok in zip(candidates, readable) if ok]
-    skipped = len(candidates) - len(paths)
+    index = folder_index.load_or_build(self.root, _probe, _read_captions)
+    for warning in index['warnings']:
+      logging.warning('%s', warning)
+    readable = [entry[3] is not None for entry in index['images']]
+    relative = [entry[0] for entry, ok in zip(index['images'], readable) if ok]
+    captions = [c for c, ok in zip(index['captions'], readable) if ok]
+    skipped = len(readable) - len(relative)
     if skipped:
-      examples = [os.path.relpath(p, self.root) for p, ok in zip(candidates, readable) if not ok]
-      logging.warning('folder:%s: skipped %d unreadable image file(s), e.g. %s',
-                      self.root, skipped, examples[:3])
-    if not paths:
+      examples = [entry[0] for entry, ok in zip(index['images'], readable) if not ok]
+      logging.warning('folder:%s: skipped %d unreadable image file(s), e.g. %s', self.root, skipped, examples[:3])
+    if not relative:
       raise ValueError(
-          f'folder:{root}: no readable images ({", ".join(sorted(IMAGE_EXTENSIONS))}) found '
+          f'folder:{root}: no readable images ({", ".join(sorted(folder_index.IMAGE_EXTENSIONS))}) found '
           f'recursively ({skipped} unreadable); add image files or point folder:PATH elsewhere.')
 
-    relative = [os.path.relpath(p, self.root).replace(os.sep, '/') for p in paths]
+    paths = [os.path.join(self.root, r) for r in relative]
     parents = [os.path.basename(os.path.dirname(r)) for r in relative]
     label_names = tuple(sorted(set(parents)))
-    metadata = _metadata_captions(self.root)
-    captions = [metadata[p] if p in metadata else _sidecar_caption(p) for p in paths]
     in_test = _test_mask(relative)
     keep = in_test if split == 'test' else ~in_test
     if len(paths) == 1:  # A single image serves both splits.
@@ -177,3 +172,6 @@ class FolderSource:
   def __getitem__(self, index: int) -> dict:
     return {'image': load_rgb(self.paths[index]), 'label': self._labels[index],
             'caption': self._captions[index]}
+
+  def captions(self, limit: int | None = None) -> list[str]:
+    return self._captions[:limit]

@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 
 from lgm.data import shapes
 from lgm.data.shapes import ATTRIBUTES, IMAGE_SIZE, LABEL_ATTRIBUTE, make_examples
-from lgm.data.sources import SourceInfo
+from lgm.data.sources import SourceInfo, captions_of_records
 
 
 @dataclasses.dataclass(eq=False)
@@ -124,3 +124,6 @@ class ShapesSource:
         'caption': record['caption'].decode('utf-8'),  # tfds Text reads back as bytes
         **{name: int(record[name]) for name in ATTRIBUTES},
     }
+
+  def captions(self, limit: int | None = None) -> list[str]:
+    return captions_of_records(self, limit)

@@ -34,6 +34,14 @@ class Source(Protocol):
 
   def __getitem__(self, index: int) -> dict: ...
 
+  def captions(self, limit: int | None = None) -> list[str]:
+    """The first `limit` captions (all if None), read without decoding the images where the source can."""
+
+
+def captions_of_records(source: Source, limit: int | None = None) -> list[str]:
+  """`captions` of a source that stores captions inside its records: each record is read."""
+  return [source[i]['caption'] for i in range(len(source) if limit is None else min(limit, len(source)))]
+
 
 FOLDER_PREFIX = 'folder:'
 
