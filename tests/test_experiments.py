@@ -107,3 +107,20 @@ def test_sample_writes_a_grid_of_prior_samples_and_refuses_text_flags(trained_wo
     assert image.size == (3 * 16 + 4, 3 * 16 + 4)  # 3 x 3 tiles of 8 px upscaled twice, 1 px padding
   result = run_module('experiments.sample', f'--workdir={trained_workdir}', f'--out={out}', '--prompt=a red circle')
   assert result.returncode == 2 and 'takes no --prompt' in result.stderr
+
+
+def test_launch_tpu_dry_run_prints_the_exact_commands_and_refuses_urls():
+  import shlex
+  args = ['./launch.sh', 'tpu', '--dry-run', 'my-tpu', 'us-central2-b', 'configs/vae_shapes.py', '/mnt/runs/x',
+          '--config.data.dataset=folder:/mnt/my photos']
+  result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0, result.stderr
+  tar, scp, ssh = [shlex.split(line) for line in result.stdout.strip().splitlines()]
+  assert tar[:3] == ['tar', '-C', ROOT] and scp[:4] == ['gcloud', 'compute', 'tpus', 'tpu-vm']
+  assert ssh[4:6] == ['ssh', 'my-tpu'] and '--worker=all' in ssh
+  remote = ssh[-1][len('--command='):]
+  train = shlex.split(remote.split(' && ')[-1])
+  assert train == ['LGM_DISTRIBUTED=auto', 'python', '-m', 'experiments.train', '--config=configs/vae_shapes.py',
+                   '--workdir=/mnt/runs/x', '--config.data.dataset=folder:/mnt/my photos']
+  result = subprocess.run(args[:6] + ['gs://bucket/x'], cwd=ROOT, capture_output=True, text=True, timeout=60)
+  assert result.returncode == 2 and 'not a URL' in result.stderr and result.stdout == ''

@@ -115,6 +115,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   there; a finished run is left exactly as it is (`experiments.evaluate` re-evaluates one).
   """
   config_checks.check_run(config)
+  workdir_lib.check_path(workdir)
   mesh = mesh_lib.make_mesh(config.mesh, devices)
   check_batch_size(config.train.batch_size, mesh.size)
   check_batch_size(config.eval.batch_size, mesh.size, 'eval.batch_size')

@@ -20,6 +20,13 @@ RESUMABLE_KEYS = ('train.num_steps', 'train.log_every', 'train.checkpoint_every'
                   'data.num_threads', 'eval.')
 
 
+def check_path(workdir: str) -> None:
+  """A work directory is a path on a file system every process sees; a URL would become a local folder."""
+  if '://' in workdir:
+    raise ValueError(f'{workdir}: a work directory is a path every process sees (a shared file system, or a '
+                     'bucket mounted with gcsfuse at the same path on every worker), not a URL.')
+
+
 def config_path(workdir: str) -> str:
   return os.path.join(workdir, 'config.json')
 
