@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import runpy
 import sys
 import traceback
 from typing import Callable, Sequence
@@ -12,6 +11,8 @@ from typing import Callable, Sequence
 import logging as pylogging
 
 from absl import app, flags, logging
+
+from lgm import overrides
 
 _VERBOSE = flags.DEFINE_bool('verbose', False, 'On an input or resource error, print the full traceback too.')
 
@@ -44,11 +45,7 @@ def _config_from_argv(argv: Sequence[str]):
     if arg == '--config' and i + 1 < len(argv):
       arg = '--config=' + argv[i + 1]
     if arg.startswith('--config='):
-      path, _, config_arg = arg[len('--config='):].partition(':')
-      if not os.path.exists(path):
-        raise FileNotFoundError(f'config file {path} not found; configs live in configs/NAME.py.')
-      get_config = runpy.run_path(path)['get_config']
-      return get_config(config_arg) if config_arg else get_config()  # as config_flags calls it
+      return overrides.call(arg[len('--config='):])
   return None
 
 
@@ -60,14 +57,7 @@ def check_config_overrides(argv: Sequence[str]) -> None:
   for arg in argv:
     if not arg.startswith('--config.'):
       continue
-    key = arg[len('--config.'):].split('=', 1)[0]
-    node, path = config, []
-    for part in key.split('.'):
-      if not hasattr(node, 'keys') or part not in node:
-        where = '.'.join(path) or 'the top level'
-        valid = sorted(node.keys()) if hasattr(node, 'keys') else []
-        raise KeyError(f'unknown config key {key!r}; valid keys at {where}: {", ".join(valid)}')
-      node, path = node[part], path + [part]
+    overrides.lookup(config, arg[len('--config.'):].split('=', 1)[0])
 
 
 class _QuietLibraries(pylogging.Filter):
