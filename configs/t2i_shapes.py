@@ -77,6 +77,8 @@ def get_config(arg: str | None = None):
   del arg
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # The images of the whole job, set in every stage (lgm.jobs.with_job_data).
+  config.data = ml_collections.ConfigDict({'dataset': 'shapes', 'image_size': 32, 'channels': 3})
   config.stage_order = ('vae', 'clip', 'classifier', 'score')
   config.vae = vae_shapes.get_config()
   config.vae.train.num_steps = 800

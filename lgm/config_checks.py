@@ -144,6 +144,8 @@ def check_job(config: ml_collections.ConfigDict) -> None:
   if missing:
     _raise([f'stage_order names {missing}, which are not training configs of this job; valid: {sections}'])
   found = [problem for name in order for problem in problems(config[name], prefix=f'{name}.')]
+  if 'data' in config:  # the job's images, set in every stage
+    found += problems(config.data, prefix='data.')
   if 'report' in config:
     found += problems(config.report, prefix='report.')
   _raise(found)

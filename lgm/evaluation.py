@@ -120,6 +120,19 @@ def clip_score(image_embeddings: np.ndarray, text_embeddings: np.ndarray) -> flo
   return float(100.0 * np.maximum(cosine, 0.0).mean())
 
 
+def caption_retrieval(image_embeddings: np.ndarray, text_embeddings: np.ndarray, captions: list[str]) -> float:
+  """Is each generated image retrieved by its own prompt? Image i counts when the caption most similar to
+  it (cosine, among the distinct texts of `captions`) is `captions[i]`; chance is 1 / number of distinct."""
+  distinct = sorted(set(captions))
+  first = {text: captions.index(text) for text in distinct}
+  texts = np.asarray(text_embeddings)[[first[t] for t in distinct]]
+  images = np.asarray(image_embeddings)
+  similarity = (images / np.linalg.norm(images, axis=-1, keepdims=True)) @ (
+      texts / np.linalg.norm(texts, axis=-1, keepdims=True)).T
+  best = np.asarray(distinct)[similarity.argmax(-1)]
+  return float(np.mean(best == np.asarray(captions)))
+
+
 def gaussian_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Mean and (unbiased) covariance of (N, D) features, in float64."""
   features = np.asarray(features, np.float64)

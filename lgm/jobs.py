@@ -8,6 +8,7 @@ stage is left as it is; stages find the trained stages they build on through `lg
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 
@@ -15,7 +16,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from lgm import config_checks, reports
+from lgm import config_checks, reports, stages
 from lgm.train import checkpoints, trainer
 from lgm.train import lock as lock_lib
 from lgm.train import metrics as metrics_lib
@@ -35,6 +36,8 @@ def run_job(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]
   returned; `evaluate` re-evaluates it. A stage stopped by SIGTERM (checkpointed, unfinished) ends the job
   there, with no report: {} is returned."""
   config_checks.check_job(config)
+  config = with_job_data(config)
+  workdir_lib.check_path(workdir)
   report = reports.get_report(config.report.name)
   with lock_lib.hold(workdir):
     for name in config.stage_order:
@@ -42,6 +45,7 @@ def run_job(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]
     if _finished(config, workdir):
       logging.info('%s finished: nothing to do (experiments.evaluate re-evaluates it).', workdir)
       return metrics_lib.last_evaluation(workdir)
+    check_data(config)
     if jax.process_index() == 0:
       workdir_lib.write_config(workdir, config)
     seconds = {}
@@ -59,6 +63,30 @@ def run_job(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]
     if jax.process_index() == 0:
       report.write(workdir, config, metrics, seconds)
     return metrics
+
+
+def with_job_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of the job config whose `data` section (if it has one) is set in every stage: one
+  `--config.data.dataset=folder:PATH` (or image_size, channels, data_dir) reaches the whole job."""
+  if 'data' not in config:
+    return config
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    for name in config.stage_order:
+      for key, value in config.data.items():
+        config[name].data[key] = value
+  return config
+
+
+def check_data(config: ml_collections.ConfigDict) -> None:
+  """Every stage's data, before any stage trains: the stages agree on the images, and each fits its task."""
+  for key in ('dataset', 'image_size', 'channels'):
+    values = {name: config[name].data[key] for name in config.stage_order}
+    if len(set(values.values())) > 1:
+      raise ValueError(f'the stages disagree on data.{key} ({", ".join(f"{n}: {v}" for n, v in values.items())}); '
+                       f'set it once for the whole job with --config.data.{key}=...')
+  for name in config.stage_order:
+    stages.check_data(config[name])
 
 
 def evaluate(workdir: str, num: int | None = None) -> dict[str, float]:

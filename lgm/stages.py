@@ -3,7 +3,7 @@
 Tasks know nothing of disks: each declares, with `needs(config)`, the names of the parts its constructor
 takes beyond the config, and this module provides them:
 
-  attributes       the dataset's attribute names and values (a classifier's outputs)
+  attributes       the dataset's attribute names and values, or its labels as 'label' (a classifier's outputs)
   tokenizer        DIR/tokenizer.json; on the first run built from `config.tokenizer` (BPE learned from the
                    training captions) and written there, so that the ids never change under a trained model
   vae, clip        the trained stages at `config.stages.vae` / `config.stages.clip`, relative to DIR
@@ -80,6 +80,34 @@ def load_trained(workdir: str, use_ema: bool | None = None, mesh: jax.sharding.M
   return Trained(config=config, task=task, params=state.ema_params if use_ema else state.params, step=step)
 
 
+def check_data(config: ml_collections.ConfigDict) -> None:
+  """One-line errors, before anything trains, for data that does not fit a stage: a dataset that cannot be
+  opened, a text model without captions, a classifier without classes, an image size its model does not
+  divide (tasks built on trained stages get only the first checks)."""
+  cls = task_class(config.task)
+  needs = cls.needs(config)
+  source = _source(config, config.data.train_split)
+  if 'tokenizer' in needs and not source.info.has_captions:
+    raise ValueError(f'{config.data.dataset} has no captions for the {config.task} stage; give the images captions '
+                     '(a metadata.jsonl with "file_name" and "text", or NAME.txt next to NAME.png).')
+  for split, train, batch_size in ((config.data.train_split, True, config.train.batch_size),
+                                   (config.data.eval_split, False, config.eval.batch_size)):
+    loader_lib.make_loader(config, split, train=train, batch_size=batch_size,  # raises when a split is too small
+                           max_examples=None if train else config.eval.num_examples)
+  if {'vae', 'clip'} & set(needs):
+    return
+  parts: dict[str, Any] = {}
+  for name in needs:
+    parts[name] = _PROVIDERS[name](config, None, parts)
+  try:
+    jax.eval_shape(cls(config, **parts).init, jax.random.PRNGKey(0))
+  except ValueError:
+    raise
+  except Exception as e:  # reshapes and convolutions of a size the model does not divide
+    raise ValueError(f'data.image_size={config.data.image_size} does not fit the {config.task} model '
+                     f'({str(e).splitlines()[0][:200]}); use a size its downsampling divides.') from None
+
+
 def stage_dir(workdir: str, relative: str) -> str:
   return os.path.normpath(os.path.join(workdir, relative))
 
@@ -103,8 +131,13 @@ def _source(config: ml_collections.ConfigDict, split: str) -> sources.Source:
 
 
 def _attributes(config, workdir, parts) -> dict[str, tuple[str, ...]]:
+  """The dataset's attributes (shapes: colour, shape, size, position), else its labels as the one attribute
+  'label' (digits, parent folders, tfds labels), else none."""
   del workdir, parts
-  return dict(_source(config, config.data.eval_split).info.attributes)
+  info = _source(config, config.data.eval_split).info
+  if info.attributes:
+    return dict(info.attributes)
+  return {'label': info.label_names} if len(info.label_names) > 1 else {}
 
 
 def make_tokenizer(config: ml_collections.ConfigDict) -> tokenizer_lib.Tokenizer:

@@ -1,7 +1,9 @@
 """Text-to-image: the job end to end on a tiny scale, classifier-free guidance against its definition,
 per-image seeds, the pipeline's bad inputs, and the Fréchet distance against the standard formula."""
 
+import json
 import os
+import re
 import subprocess
 import sys
 import types
@@ -16,6 +18,7 @@ import scipy.linalg
 from conftest import tree_digest
 from configs import t2i_shapes
 from lgm import evaluation, jobs, stages
+from lgm.data import sources
 from lgm.reports import text_to_image as t2i_report
 from lgm.pipeline import TextToImage
 from lgm.train import metrics as metrics_lib
@@ -23,24 +26,32 @@ from lgm.train import metrics as metrics_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_job_config():
-  """configs/t2i_shapes.py at seconds scale: 20 steps per stage, narrow networks, 16 report images."""
-  config = t2i_shapes.get_config()
+def shrink(config):
+  """A t2i job config at seconds scale: 20 steps per stage, narrow networks, 16 report images (the same
+  programs for every dataset of 32x32 RGB images, so that the compilation cache serves them all)."""
   for stage in config.stage_order:
     c = config[stage]
     c.train.num_steps = c.train.checkpoint_every = c.eval.every = 20
     c.train.log_every = 10
     c.eval.num_examples = 200
+    c.eval.batch_size = 8
   config.vae.model.ch = 8
   config.clip.model.text_layers = config.clip.model.image_layers = 1
   config.clip.model.text_width = config.clip.model.image_width = config.clip.model.embed_dim = 32
-  config.classifier.model.ch = 8
+  if 'classifier' in config.stage_order:
+    config.classifier.model.ch = 8
   config.score.model.nf = 16
   config.score.model.num_res_blocks = 1
   config.score.latent.scale_examples = 200
   config.score.latent.cache = False  # test_cached_latents_train_exactly_as_the_encoder covers the cache
   config.score.sampling.num_samples = 4
   config.report.num_images = 16
+  return config
+
+
+def tiny_job_config():
+  """configs/t2i_shapes.py at seconds scale."""
+  config = shrink(t2i_shapes.get_config())
   config.report.prompts = config.report.prompts[:4]
   config.report.negative_images_per_value = 2
   return config
@@ -81,6 +92,56 @@ def test_job_trains_every_stage_then_reports(job):
   before = tree_digest(workdir)  # the finished job run again: nothing trained, evaluated or rewritten
   assert jobs.run_job(tiny_job_config(), workdir)['eval/fidelity_all_g3'] == metrics['fidelity_all_g3']
   assert tree_digest(workdir) == before
+
+
+def test_the_job_on_a_captioned_folder_from_one_config(tmp_path):
+  """configs/t2i_folder.py:PATH on a generated folder of captioned renders: no classifier, caption retrieval."""
+  from configs import t2i_folder
+  from lgm.data import shapes
+  root = tmp_path / 'photos'
+  root.mkdir()
+  lines = []
+  for i, example in enumerate(shapes.make_examples(7, 'train', range(240))):
+    PIL.Image.fromarray(example['image']).save(root / f'{i:03d}.png')
+    lines.append(json.dumps({'file_name': f'{i:03d}.png', 'text': example['caption']}))
+  (root / 'metadata.jsonl').write_text('\n'.join(lines) + '\n')
+  workdir = str(tmp_path / 'job')
+  config = shrink(t2i_folder.get_config(str(root)))
+  config.clip.tokenizer.update(t2i_shapes.get_config().clip.tokenizer)  # the shapes job's text tower programs
+  config.report.guidances = (3.0,)
+  metrics = jobs.run_job(config, workdir)
+  for stage in ('vae', 'clip', 'score'):
+    with open(os.path.join(workdir, stage, 'config.json')) as f:
+      assert json.load(f)['data']['dataset'] == f'folder:{root}'
+  assert not os.path.exists(os.path.join(workdir, 'classifier'))
+  held_out = len(sources.get_source(f'folder:{root}', 'test'))
+  assert 0.0 <= metrics['caption_retrieval_g3'] <= 1.0 and metrics['num_images'] == held_out
+  assert not any(k.startswith('fidelity') for k in metrics)
+  report = open(os.path.join(workdir, 'report.md')).read()
+  assert 'caption retrieval' in report and 'the first 8 held-out captions' in report
+
+
+def test_bad_job_data_is_refused_before_any_stage_trains(tmp_path):
+  from configs import t2i_digits, t2i_folder
+  root = tmp_path / 'uncaptioned'
+  root.mkdir()
+  for i in range(400):
+    PIL.Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / f'{i}.png')
+  cases = [(shrink(t2i_folder.get_config(str(root))), 'has no captions for the clip stage'),
+           (t2i_folder.get_config(str(tmp_path / 'nowhere')), 'no such directory'),
+           (t2i_digits.get_config(), 'data.image_size=15 is not divisible by the downsampling factor 2')]
+  cases[2][0].data.image_size = 15
+  mixed = t2i_digits.get_config()
+  del mixed['data']
+  for stage in mixed.stage_order:
+    mixed[stage].data.update({'dataset': 'digits', 'image_size': 32, 'channels': 1})
+  mixed.vae.data.image_size = 16
+  cases.append((mixed, 'the stages disagree on data.image_size (vae: 16, clip: 32, classifier: 32, score: 32)'))
+  for config, message in cases:
+    with pytest.raises(ValueError, match=re.escape(message)) as error:
+      jobs.run_job(config, str(tmp_path / 'job'))
+    assert '\n' not in str(error.value)
+    assert not (tmp_path / 'job').exists()
 
 
 def test_a_stage_that_stops_early_ends_the_job_without_a_report(tmp_path, monkeypatch):
@@ -218,6 +279,16 @@ def test_fidelity_and_clip_score():
   assert got == {'fidelity_colour': 0.75, 'fidelity_shape': 0.75, 'fidelity_all': 0.5}
   v = np.array([[1.0, 0.0], [0.0, 2.0]])
   assert evaluation.clip_score(v, np.array([[2.0, 0.0], [0.0, -1.0]])) == 50.0
+
+
+def test_caption_retrieval_counts_images_whose_nearest_distinct_caption_is_their_own():
+  captions = ['a three', 'a seven', 'a three', 'a one']
+  texts = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [-1.0, -1.0]])  # duplicates embed alike
+  images = np.array([[2.0, 0.1],     # nearest 'a three': right
+                     [0.1, 3.0],     # nearest 'a seven': right
+                     [0.0, 1.0],     # nearest 'a seven', asked 'a three': wrong
+                     [1.0, 0.2]])    # nearest 'a three', asked 'a one': wrong
+  assert evaluation.caption_retrieval(images, texts, captions) == 0.5
 
 
 def test_clip_can_read_vae_latents_instead_of_pixels(job):

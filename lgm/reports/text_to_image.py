@@ -1,10 +1,11 @@
 """The text-to-image report: how well images generated from held-out captions show what was asked.
 
 For each guidance of `report.guidances`, images are generated from `report.num_images` held-out captions
-(one seed each) by the job's pipeline; the attribute classifier of stage `report.classifier_stage`
-(trained on real images) reads each one. Metrics: fidelity per attribute and all at once, CLIP score,
-Frechet distance of CLIP image features (FID (CLIP)), images/s; with `report.negative_images_per_value`,
-how far a negative prompt moves samples away from what it names. Written: DIR/report.md, DIR/report.json,
+(one seed each) by the job's pipeline. Every dataset gets: caption retrieval (is the image's nearest
+held-out caption, by CLIP, its own prompt), CLIP score, Frechet distance of CLIP image features (FID
+(CLIP)), images/s. When `report.classifier_stage` names a stage (an attribute or label classifier trained
+on real images), it reads each image: fidelity per attribute and all at once; with
+`report.negative_images_per_value`, how far a negative prompt moves samples away from what it names. Written: DIR/report.md, DIR/report.json,
 DIR/samples/prompts.png, and `eval/...` lines in DIR/metrics.jsonl.
 """
 
@@ -24,18 +25,20 @@ from lgm.pipeline import SCORE_STAGE, TextToImage
 from lgm.tasks.attributes import read_attributes
 from lgm.train import metrics as metrics_lib
 
+GRID_PROMPTS = 8  # the prompt grid's held-out captions when `report.prompts` is empty
+
 
 def evaluate(workdir: str, report: ml_collections.ConfigDict, num: int | None = None) -> dict[str, float]:
   """Fidelity, CLIP score and FID (CLIP image features) of images generated from held-out captions, at
   each guidance of `report.guidances`, with the score stage's sampler; appended to DIR/metrics.jsonl.
   Also writes DIR/samples/prompts.png (the report's prompt grid)."""
   pipe = TextToImage.from_workdir(workdir)
-  classifier = stages.load_stage(workdir, report.classifier_stage, 'classifier')
+  classifier = (stages.load_stage(workdir, report.classifier_stage, 'classifier')
+                if report.classifier_stage else None)
   clip = pipe.task.clip
   num = num or report.num_images
-  held_out, _ = loader_lib.load_arrays(pipe.task.config, 'test', num)
+  held_out, _ = loader_lib.load_arrays(pipe.task.config, pipe.task.config.data.eval_split, num)
   prompts = [str(c) for c in held_out['caption']]
-  asked = {name: held_out[name] for name in classifier.task.attributes}
   real = _embed_images(clip, held_out['image'])
   real_stats = evaluation.gaussian_statistics(real)
   texts = clip.task.encode_text(clip.params, prompts)
@@ -45,15 +48,19 @@ def evaluate(workdir: str, report: ml_collections.ConfigDict, num: int | None = 
     generated, nfe = pipe(prompts, guidance=guidance, seeds=range(len(prompts)))
     seconds = time.perf_counter() - start
     tag = f'g{guidance:g}'
-    read = read_attributes(classifier.task, classifier.params, generated)
     features = _embed_images(clip, generated)
-    metrics.update({f'{k}_{tag}': v for k, v in evaluation.fidelity(read, asked).items()})
+    if classifier is not None:
+      read = read_attributes(classifier.task, classifier.params, generated)
+      asked = {name: held_out[name] for name in classifier.task.attributes}
+      metrics.update({f'{k}_{tag}': v for k, v in evaluation.fidelity(read, asked).items()})
+    metrics[f'caption_retrieval_{tag}'] = evaluation.caption_retrieval(features, texts, prompts)
     metrics[f'clip_score_{tag}'] = evaluation.clip_score(features, texts)
     metrics[f'fid_clip_{tag}'] = evaluation.frechet_distance(*real_stats, *evaluation.gaussian_statistics(features))
     metrics[f'nfe_{tag}'] = nfe
     metrics[f'images_per_sec_{tag}'] = len(prompts) / seconds
   metrics['num_images'] = len(prompts)
-  if report.get('negative_images_per_value'):
+  metrics['caption_retrieval_chance'] = 1 / len(set(prompts))
+  if classifier is not None and report.get('negative_images_per_value'):
     metrics.update(negative_prompt_effect(pipe, classifier, report.negative_images_per_value,
                                           max(report.guidances)))
   step = pipe.step
@@ -61,8 +68,9 @@ def evaluate(workdir: str, report: ml_collections.ConfigDict, num: int | None = 
   writer.write(step, {f'eval/{k}': v for k, v in metrics.items()})
   writer.close()
   if jax.process_index() == 0:
-    grid, _ = pipe(list(report.prompts), guidance=max(report.guidances), seeds=range(len(report.prompts)))
-    image_lib.save_grid(os.path.join(workdir, 'samples', 'prompts.png'), grid, ncol=len(report.prompts) // 2 or 1,
+    grid_prompts = list(report.prompts) or prompts[:GRID_PROMPTS]
+    grid, _ = pipe(grid_prompts, guidance=max(report.guidances), seeds=range(len(grid_prompts)))
+    image_lib.save_grid(os.path.join(workdir, 'samples', 'prompts.png'), grid, ncol=len(grid_prompts) // 2 or 1,
                         upscale=2)
   return metrics
 
@@ -105,15 +113,20 @@ def write(workdir: str, config: ml_collections.ConfigDict, metrics: dict[str, fl
   lines = [f'# Text-to-image report: {workdir}', '',
            f"{int(metrics['num_images'])} images generated from held-out `{score.data.dataset}` captions, one seed each; "
            f"sampler `{score.sampling.method}` ({metrics[f'nfe_g{guidances[0]:g}']} score evaluations per image, "
-           'each a conditional + unconditional pair); EMA parameters. Fidelity: the attribute classifier '
-           '(stage `classifier`, trained on real renders) reads each generated image.', '',
-           '| guidance | ' + ' | '.join(f'fidelity_{a}' for a in attributes) + ' | CLIP score | FID (CLIP features) | images/s |',
-           '|---' * (len(attributes) + 4) + '|']
+           'each a conditional + unconditional pair); EMA parameters.'
+           + (f' Fidelity: the classifier of stage `{config.report.classifier_stage}` (trained on real images) '
+              'reads each generated image.' if attributes else '')
+           + ' Caption retrieval: the share of images whose nearest distinct held-out caption (CLIP) is their own '
+           f"prompt (chance {metrics['caption_retrieval_chance']:.3f}).", '',
+           '| guidance | ' + ' | '.join(f'fidelity_{a}' for a in attributes)
+           + ' | caption retrieval | CLIP score | FID (CLIP features) | images/s |',
+           '|---' * (len(attributes) + 5) + '|']
   for g in guidances:
     tag = f'g{g:g}'
     cells = [f"{metrics[f'fidelity_{a}_{tag}']:.3f}" for a in attributes]
-    lines.append(f'| {g:g} | ' + ' | '.join(cells) + f" | {metrics[f'clip_score_{tag}']:.2f} | "
-                 f"{metrics[f'fid_clip_{tag}']:.4f} | {metrics[f'images_per_sec_{tag}']:.1f} |")
+    lines.append(f'| {g:g} | ' + ''.join(c + ' | ' for c in cells) + f"{metrics[f'caption_retrieval_{tag}']:.3f} | "
+                 f"{metrics[f'clip_score_{tag}']:.2f} | {metrics[f'fid_clip_{tag}']:.4f} | "
+                 f"{metrics[f'images_per_sec_{tag}']:.1f} |")
   negatives = [a for a in attributes if f'negative_{a}_with' in metrics]
   if negatives:
     lines += ['', f"Negative prompts (guidance {metrics['negative_guidance']:g}, empty prompt, "
@@ -123,7 +136,8 @@ def write(workdir: str, config: ml_collections.ConfigDict, metrics: dict[str, fl
     lines += [f"| {a} | {metrics[f'negative_{a}_without']:.3f} | {metrics[f'negative_{a}_with']:.3f} |"
               for a in negatives]
   lines += ['', '![prompt grid](samples/prompts.png)', '', 'Prompts (row-major): ' +
-            '; '.join(f'"{p}"' for p in config.report.prompts), '', '| stage | seconds |', '|---|---|']
+            ('; '.join(f'"{p}"' for p in config.report.prompts) or f'the first {GRID_PROMPTS} held-out captions'),
+            '', '| stage | seconds |', '|---|---|']
   lines += [f'| {name} | {s:.0f} |' for name, s in seconds.items()]
   lines.append(f'| total | {sum(seconds.values()):.0f} |')
   path = os.path.join(workdir, 'report.md')

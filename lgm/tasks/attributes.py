@@ -1,4 +1,4 @@
-"""Reading a dataset's attributes (shapes: colour, shape, size, position) from images.
+"""Reading a dataset's attributes (shapes: colour, shape, size, position), or its labels, from images.
 
 Trained on real renders, it is the judge of text-to-image fidelity: `lgm.evaluation.fidelity` asks it
 what a generated image shows and compares that with what the prompt asked for.
@@ -30,7 +30,8 @@ class AttributeTask(Task):
   def __init__(self, config: ml_collections.ConfigDict, attributes: dict[str, Sequence[str]]):
     """`attributes`: attribute name -> the names of its values, in label order (the dataset's info)."""
     if not attributes:
-      raise ValueError(f'{config.data.dataset} has no attributes to classify; use shapes.')
+      raise ValueError(f'{config.data.dataset} has neither attributes nor labels (two or more classes) to '
+                       "classify; leave the classifier stage out of the job (and set report.classifier_stage='').")
     self.attributes = list(attributes)
     self.value_names = {name: tuple(values) for name, values in attributes.items()}
     self.model = build_model(config.model, config.train.compute_dtype,
