@@ -72,7 +72,8 @@ def compare(paths: Sequence[str], out: str | None = None, metric: str | None = N
   """
   runs = load_runs(paths)
   if not runs:
-    raise ValueError(f'no work directory (a directory with config.json) among {", ".join(paths) or "no paths"}.')
+    raise ValueError(f'no work directory (a directory with config.json) among {", ".join(paths)}.' if paths
+                     else 'no work directories given: name them, e.g. runs/sweep/*.')
   keys = differing_keys(runs)
   runs = sorted(runs, key=lambda run: [_sortable(run.config.get(key)) for key in keys])
   metric = metric or _first_common_eval_metric(runs)
@@ -150,9 +151,11 @@ def _plot_final(runs: Sequence[Run], keys: Sequence[str], key: str, metric: str,
   for label, points in lines.items():
     xs, ys = zip(*sorted(points))
     ax.plot(xs, ys, marker='o', label=label or None)
-  xs = [run.config[key] for run in runs]
-  if min(xs) > 0 and max(xs) >= 10 * min(xs):
+  xs = sorted({run.config[key] for run in runs})
+  if xs[0] > 0 and xs[-1] >= 10 * xs[0]:
     ax.set_xscale('log')
+    ax.minorticks_off()
+  ax.set_xticks(xs, [str(x) for x in xs])  # the swept values themselves, never crowded fractions
   ax.set(xlabel=key, ylabel=f'final {metric}', title=f'final {metric} against {key}')
   if others:
     ax.legend(fontsize='small')
