@@ -110,6 +110,13 @@ def test_a_bad_point_is_refused_in_one_line_before_anything_is_written(bad, erro
   assert not workdir.exists()
 
 
+def test_a_url_workdir_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(ValueError, match='gs://bucket/sweep: a work directory is a path every process sees'):
+    sweeps.run_sweep(base_config(), POINTS, 'gs://bucket/sweep')
+  assert os.listdir(tmp_path) == []
+
+
 def test_a_config_without_a_sweep_is_one_line():
   with pytest.raises(ValueError, match=r'^configs/vae_shapes.py defines no get_sweep\(arg=None\).$'):
     sweeps.load_points('configs/vae_shapes.py')
