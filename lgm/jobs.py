@@ -54,7 +54,7 @@ def run_job(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]
       logging.info('Stage %s -> %s', name, os.path.join(workdir, name))
       trainer.train_and_evaluate(config[name], os.path.join(workdir, name))
       seconds[name] = time.perf_counter() - start
-      if _saved_step(os.path.join(workdir, name)) < config[name].train.num_steps:  # stopped by SIGTERM
+      if checkpoints.saved_step(os.path.join(workdir, name)) < config[name].train.num_steps:  # stopped by SIGTERM
         logging.warning('Stage %s stopped before its last step; run the same command to resume the job.', name)
         return {}
     start = time.perf_counter()
@@ -97,13 +97,9 @@ def evaluate(workdir: str, num: int | None = None) -> dict[str, float]:
     return reports.get_report(config.report.name).evaluate(workdir, config.report, num)
 
 
-def _saved_step(stage_dir: str) -> int:
-  directory = checkpoints.checkpoint_dir(stage_dir)
-  return max((int(d) for d in os.listdir(directory) if d.isdigit()), default=0) if os.path.isdir(directory) else 0
-
-
 def _finished(config: ml_collections.ConfigDict, workdir: str) -> bool:
   """Every stage trained to its last step and the report written (report.md is written last)."""
   if not os.path.exists(os.path.join(workdir, reports.REPORT_FILE)):
     return False
-  return all(_saved_step(os.path.join(workdir, name)) >= config[name].train.num_steps for name in config.stage_order)
+  return all(checkpoints.saved_step(os.path.join(workdir, name)) >= config[name].train.num_steps
+             for name in config.stage_order)

@@ -141,7 +141,7 @@ def run_sweep(config: str | ml_collections.ConfigDict, points: Sequence[Mapping[
   """
   import jax
 
-  from lgm import jobs
+  from lgm.train import checkpoints
   from lgm.train import metrics as metrics_lib
   from lgm.train import trainer
   planned = plan(config, points, workdir, overrides)
@@ -153,13 +153,13 @@ def run_sweep(config: str | ml_collections.ConfigDict, points: Sequence[Mapping[
   results = {}
   for i, point in enumerate(planned, 1):
     num_steps = point.config.train.num_steps
-    if jobs._saved_step(point.workdir) >= num_steps:
+    if checkpoints.saved_step(point.workdir) >= num_steps:
       logging.info('Point %d/%d %s: finished, skipped.', i, len(planned), point.name)
       results[point.name] = metrics_lib.last_evaluation(point.workdir)
       continue
     logging.info('Point %d/%d -> %s', i, len(planned), point.workdir)
     results[point.name] = trainer.train_and_evaluate(point.config, point.workdir)
-    if jobs._saved_step(point.workdir) < num_steps:
+    if checkpoints.saved_step(point.workdir) < num_steps:
       logging.warning('Point %s stopped before its last step; run the same command to go on.', point.name)
       break
   return results

@@ -191,7 +191,8 @@ def train_bpe(texts: Iterable[str], num_merges: int, context_length: int = 77,
   hf = HFTokenizer(models.BPE())
   hf.pre_tokenizer = _hf_pre_tokenizer()
   trainer = trainers.BpeTrainer(vocab_size=NUM_BASE_TOKENS + num_merges, min_frequency=min_count,
-                                special_tokens=list(SPECIAL_TOKENS), initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                special_tokens=list(SPECIAL_TOKENS),
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                 show_progress=False)
   hf.train_from_iterator(texts, trainer)
   return BPETokenizer(_merge_ids(json.loads(hf.to_str())['model']['merges']), context_length=context_length)

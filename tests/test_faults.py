@@ -65,7 +65,8 @@ def test_sigkills_during_a_checkpoint_write_and_at_a_random_step_then_resume_equ
   # 2. Resumed, and while it runs a second trainer is refused at once, naming the first.
   proc = train_cli(workdir, config)
   assert wait_for(lambda: checkpoint_steps(workdir), proc, poll=0.01), proc.stderr.read()[-2000:]
-  with pytest.raises(lock_lib.WorkdirBusyError, match=rf'{workdir} is in use by pid {proc.pid} on .*experiments/train\.py'):
+  busy = rf'{workdir} is in use by pid {proc.pid} on .*experiments/train\.py'
+  with pytest.raises(lock_lib.WorkdirBusyError, match=busy):
     trainer.train_and_evaluate(config, workdir)
 
   # 3. Killed again at a random step past the first checkpoint, before the end.

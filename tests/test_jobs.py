@@ -23,7 +23,7 @@ def recorded(monkeypatch):
   """A stand-in trainer that 'finishes' each stage, and a report that records how it was called."""
   calls = []
   monkeypatch.setattr(jobs.trainer, 'train_and_evaluate', lambda config, workdir: calls.append(('train', workdir)))
-  monkeypatch.setattr(jobs, '_saved_step', lambda stage_dir: 40)  # every stage reached its num_steps
+  monkeypatch.setattr(jobs.checkpoints, 'saved_step', lambda stage_dir: 40)  # every stage reached its num_steps
 
   def evaluate(workdir, report, num=None):
     calls.append(('evaluate', workdir, report.threshold, num))

@@ -111,7 +111,8 @@ def write(workdir: str, config: ml_collections.ConfigDict, metrics: dict[str, fl
   attributes = sorted({k[len('fidelity_'):].rsplit('_g', 1)[0] for k in metrics if k.startswith('fidelity_')})
   guidances = list(config.report.guidances)
   lines = [f'# Text-to-image report: {workdir}', '',
-           f"{int(metrics['num_images'])} images generated from held-out `{score.data.dataset}` captions, one seed each; "
+           f"{int(metrics['num_images'])} images generated from held-out `{score.data.dataset}` captions, "
+           'one seed each; '
            f"sampler `{score.sampling.method}` ({metrics[f'nfe_g{guidances[0]:g}']} score evaluations per image, "
            'each a conditional + unconditional pair); EMA parameters.'
            + (f' Fidelity: the classifier of stage `{config.report.classifier_stage}` (trained on real images) '

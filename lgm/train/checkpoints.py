@@ -1,10 +1,10 @@
 """DIR/checkpoints: orbax checkpoints of the train state that degrade gracefully.
 
 Each finished checkpoint gets a digest (size and CRC-32 of every file, DIR/checkpoints/digest-STEP.json)
-once orbax has committed it (at the next save, or when the run ends or stops). A restore verifies the newest checkpoint against its digest before orbax
-reads it; one that is damaged (a file missing, truncated or overwritten) or that orbax cannot read is
-reported in one line, moved aside to DIR/checkpoints/corrupt-STEP by the run that holds the work
-directory, and the previous checkpoint is tried. When none can be read, the restore stops with an error
+once orbax has committed it (at the next save, or when the run ends or stops). A restore verifies the
+newest checkpoint against its digest before orbax reads it; one that is damaged (a file missing, truncated
+or overwritten) or that orbax cannot read is reported in one line, moved aside to
+DIR/checkpoints/corrupt-STEP by the run that holds the work directory, and the previous checkpoint is tried. When none can be read, the restore stops with an error
 rather than start the run over. The run holding the directory also keeps only the newest
 `keep_checkpoints` steps, even after crashes (orbax's partly written temporary directories are removed).
 
@@ -42,10 +42,12 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), 'checkpoints')
 
 
-def has_checkpoints(workdir: str) -> bool:
-  """Whether DIR holds a finished checkpoint (without starting orbax)."""
+def saved_step(workdir: str) -> int:
+  """The step of DIR's latest committed checkpoint, 0 if none (a listing: orbax is not started)."""
   directory = checkpoint_dir(workdir)
-  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+  if not os.path.isdir(directory):
+    return 0
+  return max((int(name) for name in os.listdir(directory) if name.isdigit()), default=0)
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:

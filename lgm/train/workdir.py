@@ -75,7 +75,7 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
     old = read_config(workdir)
   except FileNotFoundError:
     return
-  if not checkpoints.has_checkpoints(workdir):
+  if not checkpoints.saved_step(workdir):
     return
   diffs = config_differences(old, config)
   if diffs:
