@@ -26,3 +26,20 @@ def test_two_processes_follow_the_single_process_trajectory(trained_workdir, tmp
     b = [r[key] for r in want if key in r]
     assert len(a) == len(b) > 0
     np.testing.assert_allclose(a, b, rtol=1e-4, err_msg=key)
+
+
+def test_a_busy_work_directory_stops_every_process_of_a_run(tmp_path):
+  """Process 0 cannot take the lock: it tells process 1, and both stop at once instead of process 1
+  waiting for process 0 in a collective."""
+  from lgm.train import lock as lock_lib
+  workdir = str(tmp_path / 'busy')
+  env = {**os.environ, 'LGM_LOCAL_DEVICES': '4', 'XLA_FLAGS': ''}
+  with lock_lib.hold(workdir, enabled=True):
+    result = subprocess.run(['./launch.sh', 'procs', '2', 'configs/vae_digits.py', workdir,
+                             *tiny_overrides(make_tiny_config())],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0
+  assert f'error: {workdir} is in use by pid {os.getpid()}' in result.stderr
+  with open(os.path.join(workdir, 'logs', 'process_1.log')) as f:
+    assert f'error: {workdir} is in use by another run (process 0 could not take its lock).' in f.read()
+  assert sorted(os.listdir(workdir)) == ['lock', 'logs']  # nothing else written
