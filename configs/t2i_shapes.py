@@ -10,8 +10,8 @@ Stages, in order, each in DIR/<stage> and each resuming on its own:
               tower's token features, captions dropped 10% of the time for classifier-free guidance
 Then DIR/samples/prompts.png and DIR/report.md: caption fidelity, CLIP score and FID at each guidance of
 `report.guidances`. Override any stage: --config.score.train.num_steps=4000.
-Measured on a 2-core machine, 2026-12-04 (docs/results.md): 22 min 32 s end to end; all four attributes right
-in 0.884 of the images at guidance 3 (0.703 at guidance 1). Faster 2-core machines take about 15 minutes.
+Measured on a 2-core machine, 2026-12-04 (docs/results.md): 18 min 16 s end to end; all four attributes right
+in 0.845 of the images at guidance 3 (0.700 at guidance 1); earlier code and seeds gave 0.850-0.884.
 """
 
 import ml_collections
