@@ -48,7 +48,7 @@ def load_runs(paths: Sequence[str]) -> list[Run]:
       skipped.append(path)
       continue
     with open(workdir_lib.config_path(path)) as f:
-      config = workdir_lib._flatten(json.load(f))
+      config = workdir_lib.flatten(json.load(f))
     has_metrics = os.path.exists(os.path.join(path, metrics_lib.METRICS_FILE))
     runs.append(Run(os.path.basename(os.path.normpath(path)), path, config,
                     metrics_lib.read_metrics(path) if has_metrics else []))

@@ -52,8 +52,8 @@ def tiny_overrides(config) -> list[str]:
   """The --config.KEY=VALUE flags that turn configs/vae_digits.py into `config` (for subprocess runs)."""
   from configs import vae_digits
   from lgm.train import workdir
-  flat_new = workdir._flatten(config.to_dict())
-  flat_old = workdir._flatten(vae_digits.get_config().to_dict())
+  flat_new = workdir.flatten(config.to_dict())
+  flat_old = workdir.flatten(vae_digits.get_config().to_dict())
   return [f'--config.{k}={v}' for k, v in flat_new.items() if flat_old.get(k) != v]
 
 

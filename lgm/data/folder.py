@@ -136,13 +136,13 @@ class FolderSource:
     index = folder_index.load_or_build(self.root, _probe, _read_captions)
     for warning in index['warnings']:
       logging.warning('%s', warning)
-    readable = [entry[3] is not None for entry in index['images']]
-    relative = [entry[0] for entry, ok in zip(index['images'], readable) if ok]
-    captions = [c for c, ok in zip(index['captions'], readable) if ok]
-    skipped = len(readable) - len(relative)
+    entries = list(zip(index['images'], index['captions']))
+    relative = [entry[0] for entry, _ in entries if entry[3] is not None]
+    captions = [caption for entry, caption in entries if entry[3] is not None]
+    unreadable = [entry[0] for entry, _ in entries if entry[3] is None]
+    skipped = len(unreadable)
     if skipped:
-      examples = [entry[0] for entry, ok in zip(index['images'], readable) if not ok]
-      logging.warning('folder:%s: skipped %d unreadable image file(s), e.g. %s', self.root, skipped, examples[:3])
+      logging.warning('folder:%s: skipped %d unreadable image file(s), e.g. %s', self.root, skipped, unreadable[:3])
     if not relative:
       raise ValueError(
           f'folder:{root}: no readable images ({", ".join(sorted(folder_index.IMAGE_EXTENSIONS))}) found '

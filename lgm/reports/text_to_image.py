@@ -5,8 +5,8 @@ For each guidance of `report.guidances`, images are generated from `report.num_i
 held-out caption, by CLIP, its own prompt), CLIP score, Frechet distance of CLIP image features (FID
 (CLIP)), images/s. When `report.classifier_stage` names a stage (an attribute or label classifier trained
 on real images), it reads each image: fidelity per attribute and all at once; with
-`report.negative_images_per_value`, how far a negative prompt moves samples away from what it names. Written: DIR/report.md, DIR/report.json,
-DIR/samples/prompts.png, and `eval/...` lines in DIR/metrics.jsonl.
+`report.negative_images_per_value`, how far a negative prompt moves samples away from what it names.
+Written: DIR/report.md, DIR/report.json, DIR/samples/prompts.png, and `eval/...` lines in DIR/metrics.jsonl.
 """
 
 from __future__ import annotations

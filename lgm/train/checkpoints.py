@@ -4,9 +4,10 @@ Each finished checkpoint gets a digest (size and CRC-32 of every file, DIR/check
 once orbax has committed it (at the next save, or when the run ends or stops). A restore verifies the
 newest checkpoint against its digest before orbax reads it; one that is damaged (a file missing, truncated
 or overwritten) or that orbax cannot read is reported in one line, moved aside to
-DIR/checkpoints/corrupt-STEP by the run that holds the work directory, and the previous checkpoint is tried. When none can be read, the restore stops with an error
-rather than start the run over. The run holding the directory also keeps only the newest
-`keep_checkpoints` steps, even after crashes (orbax's partly written temporary directories are removed).
+DIR/checkpoints/corrupt-STEP by the run that holds the work directory, and the previous checkpoint is
+tried. When none can be read, the restore stops with an error rather than start the run over. The run
+holding the directory also keeps only the newest `keep_checkpoints` steps, even after crashes (orbax's
+partly written temporary directories are removed).
 
 DIR/checkpoints/STEP/   orbax: {'state': TrainState, 'meta': {'step', 'data': {'next_step'}}}
 """
@@ -42,12 +43,16 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), 'checkpoints')
 
 
-def saved_step(workdir: str) -> int:
-  """The step of DIR's latest committed checkpoint, 0 if none (a listing: orbax is not started)."""
-  directory = checkpoint_dir(workdir)
+def committed_steps(directory: str) -> set[int]:
+  """The steps of the committed checkpoints in a checkpoint directory (a listing: orbax is not started)."""
   if not os.path.isdir(directory):
-    return 0
-  return max((int(name) for name in os.listdir(directory) if name.isdigit()), default=0)
+    return set()
+  return {int(name) for name in os.listdir(directory) if name.isdigit()}
+
+
+def saved_step(workdir: str) -> int:
+  """The step of DIR's latest committed checkpoint, 0 if none."""
+  return max(committed_steps(checkpoint_dir(workdir)), default=0)
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:
@@ -111,7 +116,7 @@ class Checkpoints:
 
   def verify(self, step: int) -> str | None:
     """What is wrong with checkpoint `step` against its digest (None: intact, or written without one)."""
-    path = os.path.join(self.directory, f'digest-{step}.json')
+    path = self._digest_path(step)
     if not os.path.exists(path):
       return None  # killed between orbax's commit and the digest: orbax's own checks remain
     with open(path) as f:
@@ -151,13 +156,15 @@ class Checkpoints:
     """Digest the committed steps that have none; drop the digests of deleted steps."""
     if jax.process_index() != 0 or not self.writer:
       return
-    present = {int(d) for d in os.listdir(self.directory) if d.isdigit()}
-    digested = {int(m.group(1)): name for name in os.listdir(self.directory) if (m := _DIGEST.match(name))}
-    for step in sorted(present - set(digested)):
-      files.write_json(os.path.join(self.directory, f'digest-{step}.json'),
-                       _digest(os.path.join(self.directory, str(step))), indent=0)
-    for step in set(digested) - present:
-      files.remove_quietly(os.path.join(self.directory, digested[step]))
+    present = committed_steps(self.directory)
+    digested = {int(m.group(1)) for name in os.listdir(self.directory) if (m := _DIGEST.match(name))}
+    for step in sorted(present - digested):
+      files.write_json(self._digest_path(step), _digest(os.path.join(self.directory, str(step))), indent=0)
+    for step in digested - present:
+      files.remove_quietly(self._digest_path(step))
+
+  def _digest_path(self, step: int) -> str:
+    return os.path.join(self.directory, f'digest-{step}.json')
 
   def _move_aside(self, step: int) -> str | None:
     multihost_utils.sync_global_devices(f'lgm: checkpoint {step} verified')  # every process decided first
@@ -168,7 +175,7 @@ class Checkpoints:
       while os.path.exists(target):
         target, suffix = os.path.join(self.directory, f'{CORRUPT_PREFIX}{step}.{suffix}'), suffix + 1
       os.rename(os.path.join(self.directory, str(step)), target)
-      files.remove_quietly(os.path.join(self.directory, f'digest-{step}.json'))
+      files.remove_quietly(self._digest_path(step))
     multihost_utils.sync_global_devices(f'lgm: checkpoint {step} moved aside')
     self._manager.reload()
     return target
@@ -181,7 +188,7 @@ class Checkpoints:
     if jax.process_index() == 0:
       for step in older:
         shutil.rmtree(os.path.join(self.directory, str(step)), ignore_errors=True)
-        files.remove_quietly(os.path.join(self.directory, f'digest-{step}.json'))
+        files.remove_quietly(self._digest_path(step))
       logging.info('Removed checkpoints %s of %s (keep_checkpoints=%d).', older, self.directory, self._keep)
     multihost_utils.sync_global_devices('lgm: checkpoints pruned')
     self._manager.reload()

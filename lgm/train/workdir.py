@@ -52,19 +52,20 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   files.write_text(path, text)
 
 
-def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
+def flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
+  """A nested config dict as dotted key -> value (tuples as lists, as in config.json)."""
   if isinstance(tree, dict):
     out = {}
     for key, value in tree.items():
-      out.update(_flatten(value, f'{prefix}{key}.'))
+      out.update(flatten(value, f'{prefix}{key}.'))
     return out
   return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
 
 
 def config_differences(old: ml_collections.ConfigDict, new: ml_collections.ConfigDict) -> list[str]:
   """'key: old -> new' for every key that changes what is learned (RESUMABLE_KEYS excepted)."""
-  a = _flatten(json.loads(old.to_json()))
-  b = _flatten(json.loads(new.to_json()))
+  a = flatten(json.loads(old.to_json()))
+  b = flatten(json.loads(new.to_json()))
   keys = sorted(k for k in set(a) | set(b) if not k.startswith(RESUMABLE_KEYS))
   return [f'{k}: {a.get(k, "<absent>")} -> {b.get(k, "<absent>")}' for k in keys if a.get(k) != b.get(k)]
 
