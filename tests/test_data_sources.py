@@ -152,6 +152,18 @@ def test_captions_name_the_attributes():
   assert not any(' a orange' in t or t.startswith('a orange') for t in texts)
 
 
+def test_partial_captions_name_a_proper_subset_of_the_attributes_truly():
+  attrs = {'colour': 4, 'shape': 3, 'size': 0, 'position': 1}
+  texts = [shapes.partial_caption(attrs, _rng(s)) for s in range(400)]
+  for text in texts:
+    named = {n: v for n, v in shapes.parse_caption(text).items() if v is not None}
+    assert 0 < len(named) < 4 and all(attrs[n] == v for n, v in named.items()), text
+  assert {'violet', 'purple', 'small', 'upper right'} <= set(texts)  # bare words, what negative prompts are
+  assert 'a little shape in the top-right' in texts and not any(re.search(r'\ba [aeiou]', t) for t in texts)
+  named_once = {n: np.mean([shapes.parse_caption(t)[n] is not None for t in texts]) for n in attrs}
+  assert all(0.35 < share < 0.65 for share in named_once.values()), named_once  # no attribute favoured
+
+
 def test_parse_caption_reports_missing_and_contradictory_attributes():
   parsed = shapes.parse_caption('A red and blue circle, Upper-Left')
   assert parsed == {'colour': None, 'shape': 0, 'size': None, 'position': 0}

@@ -69,6 +69,40 @@ def test_eval_pass_is_ordered_complete_batches_and_captions_stay_on_host():
   np.testing.assert_allclose(batches[0]['image'][3], 3 / 127.5 - 1, rtol=1e-6)
 
 
+class AttributeSource(IndexSource):
+  """Captions made from one attribute, `partial_caption` naming it as a bare word."""
+
+  def partial_caption(self, record, rng):
+    return f'part of {record["label"]} ({rng.integers(1000)})'
+
+
+def test_partial_captions_are_a_function_of_seed_and_position_and_only_in_training():
+  loader = loader_lib.Loader(AttributeSource(400), global_batch_size=400, image_size=4, channels=1, seed=3,
+                             partial_captions=0.25)
+  first, again = loader.read_batch(2)['caption'], loader.read_batch(2)['caption']
+  np.testing.assert_array_equal(first, again)  # a resumed run reads the same captions
+  partial = np.char.startswith(first.astype(str), 'part of')
+  assert 0.18 < partial.mean() < 0.32
+  labels = loader.read_batch(2)['label']
+  assert all(c == f'example {i}' or c.startswith(f'part of {i} ') for c, i in zip(first, labels))
+  other_seed = loader_lib.Loader(AttributeSource(400), global_batch_size=400, image_size=4, channels=1, seed=4,
+                                 partial_captions=0.25).read_batch(2)['caption']
+  assert (other_seed != first).any()
+  config = _config(partial_captions=0.25)
+  config.data.dataset = 'digits'
+  with pytest.raises(ValueError, match='cannot write partial captions'):
+    loader_lib.make_loader(config, 'train', train=True)
+  eval_loader = loader_lib.make_loader(config, 'test', train=False)  # evaluation reads the stored captions
+  assert eval_loader.partial_captions == 0.0
+
+
+def _config(**data):
+  from configs import base
+  config = base.base_config()
+  config.data.update(data)
+  return config
+
+
 def test_batch_not_divisible_by_processes_and_tiny_eval_split_are_clear_errors():
   with pytest.raises(ValueError, match='not divisible by the 3 processes'):
     make(0, 3)

@@ -18,7 +18,7 @@ import scipy.linalg
 from conftest import tree_digest
 from configs import t2i_shapes
 from lgm import evaluation, jobs, stages
-from lgm.data import sources
+from lgm.data import shapes, sources
 from lgm.reports import text_to_image as t2i_report
 from lgm.pipeline import TextToImage
 from lgm.train import metrics as metrics_lib
@@ -79,7 +79,14 @@ def test_job_trains_every_stage_then_reports(job):
       assert f'{key}_{g}' in metrics
   assert metrics['nfe_g3'] == 20 and metrics['num_images'] == 16
   report = open(os.path.join(workdir, 'report.md')).read()
-  assert '| 3 | ' in report and '| 1 | ' in report and 'samples/prompts.png' in report
+  assert '| guidance 3 | ' in report and '| guidance 1 | ' in report and 'samples/prompts.png' in report
+  assert '| held-out images (reference) | ' in report and '| their VAE reconstructions (ceiling) | ' in report
+  assert metrics['fid_clip_real'] == pytest.approx(0.0, abs=1e-4)  # the references' own statistics
+  for tag in ('real', 'vae', 'g1', 'g3'):
+    for name, values in (('colour', shapes.ATTRIBUTES['colour']), ('size', shapes.ATTRIBUTES['size'])):
+      counts = np.array([[metrics[f'confusion_{name}={a}>{r}_{tag}'] for r in values] for a in values])
+      assert counts.sum() == 16 and np.trace(counts) / 16 == pytest.approx(metrics[f'fidelity_{name}_{tag}'])
+  assert '| size | small | medium | large |' in report and '| negative prompt | without | with |' in report
   with PIL.Image.open(os.path.join(workdir, 'samples', 'prompts.png')) as image:
     assert min(image.size) >= 64
   assert metrics_lib.read_metrics(workdir)[-1]['eval/fidelity_all_g3'] == metrics['fidelity_all_g3']
@@ -270,6 +277,21 @@ def test_frechet_distance_matches_the_standard_formula():
   standard = np.sum((mu1 - mu2) ** 2) + np.trace(c1 + c2 - 2 * scipy.linalg.sqrtm(c1 @ c2).real)
   np.testing.assert_allclose(evaluation.frechet_distance(mu1, c1, mu2, c2), standard, rtol=1e-6)
   assert abs(evaluation.frechet_distance(mu1, c1, mu1, c1)) < 1e-6
+
+
+def test_confusion_counts_and_their_table():
+  read = {'size': np.array([0, 1, 1, 2, 2, 0])}
+  asked = {'size': np.array([0, 1, 2, 2, 2, 1])}
+  counts = t2i_report.confusion_counts(read, asked, {'size': ('small', 'medium', 'large')})
+  direct = np.zeros((3, 3))
+  for a, r in zip(asked['size'], read['size']):
+    direct[a, r] += 1
+  names = ('small', 'medium', 'large')
+  assert {k: v for k, v in counts.items() if v} == {
+      f'confusion_size={names[a]}>{names[r]}': direct[a, r] for a in range(3) for r in range(3) if direct[a, r]}
+  table = t2i_report.confusion_table({f'{k}_g3': v for k, v in counts.items()}, 'size', 'g3')
+  assert table == ['| size | small | medium | large |', '|---|---|---|---|', '| small | 1 | 0 | 0 |',
+                   '| medium | 1 | 1 | 0 |', '| large | 0 | 1 | 2 |']
 
 
 def test_fidelity_and_clip_score():

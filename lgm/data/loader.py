@@ -33,12 +33,16 @@ class Loader:
   seed: int = 0
   train: bool = True
   random_flip: bool = False
+  partial_captions: float = 0.0
   process_index: int = 0
   process_count: int = 1
   num_threads: int = 2
   max_examples: int | None = None
 
   def __post_init__(self):
+    if self.partial_captions and not hasattr(self.source, 'partial_caption'):
+      raise ValueError(f'{self.source.info.name} cannot write partial captions (its captions are not made from '
+                       'attributes, as those of shapes are); set data.partial_captions=0.')
     if self.global_batch_size % self.process_count:
       raise ValueError(f'batch size {self.global_batch_size} is not divisible by the '
                        f'{self.process_count} processes; choose a multiple of {self.process_count}.')
@@ -85,6 +89,10 @@ class Loader:
     image = transforms.to_model_image(record['image'], self.image_size, self.channels)
     if self.random_flip and np.random.default_rng([self.seed, 1, position]).random() < 0.5:
       image = transforms.hflip(image)
+    if self.partial_captions:
+      rng = np.random.default_rng([self.seed, 2, position])
+      if rng.random() < self.partial_captions:
+        record = {**record, 'caption': self.source.partial_caption(record, rng)}
     return {**record, 'image': image, 'index': np.int32(index)}
 
   def read_batch(self, step: int) -> dict[str, np.ndarray]:
@@ -111,13 +119,14 @@ def device_fields(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def make_loader(config: ml_collections.ConfigDict, split: str, *, train: bool, process_index: int = 0,
                 process_count: int = 1, batch_size: int | None = None,
                 max_examples: int | None = None) -> Loader:
-  """A `Loader` for `config.data` (dataset, image_size, channels, random_flip, num_threads)."""
+  """A `Loader` for `config.data` (dataset, image_size, channels, random_flip, partial_captions, num_threads)."""
   data = config.data
   return Loader(
       source=sources.get_source(data.dataset, split, data.get('data_dir')),
       global_batch_size=batch_size or config.train.batch_size,
       image_size=data.image_size, channels=data.channels, seed=config.seed, train=train,
-      random_flip=train and data.random_flip, process_index=process_index,
+      random_flip=train and data.random_flip, partial_captions=data.get('partial_captions', 0.0) if train else 0.0,
+      process_index=process_index,
       process_count=process_count, num_threads=data.num_threads, max_examples=max_examples)
 
 

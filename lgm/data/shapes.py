@@ -187,6 +187,26 @@ def caption(attributes: Mapping[str, int], rng: np.random.Generator | None = Non
   return format_caption(template, words)
 
 
+def partial_caption(attributes: Mapping[str, int], rng: np.random.Generator) -> str:
+  """A caption naming a random non-empty proper subset of the attributes, with random synonyms: half the
+  time a sentence ("a small red shape in the top left", "a circle"), half the time the bare phrases
+  ("red", "top left", "small circle"), the form a negative prompt takes. Trained on, these teach a text-
+  conditioned model what one word alone asks for (`config.data.partial_captions`)."""
+  names = list(SYNONYMS)
+  while True:
+    kept = [name for name in names if rng.random() < 0.5]
+    if 0 < len(kept) < len(names):
+      break
+  words = {name: SYNONYMS[name][attributes[name]][rng.integers(len(SYNONYMS[name][attributes[name]]))]
+           for name in kept}
+  phrase = ' '.join(words[name] for name in ('size', 'colour', 'shape') if name in words)
+  if rng.random() < 0.5:
+    return ' '.join(p for p in (phrase, words.get('position', '')) if p)
+  where = f" in the {words['position']}" if 'position' in words else ''
+  noun = '' if 'shape' in words else ' shape'
+  return re.sub(r'\ba (?=[aeiou])', 'an ', f'a {phrase}{noun}{where}'.replace('a  ', 'a '))
+
+
 def format_caption(template: str, words: Mapping[str, str]) -> str:
   """Fills a template with attribute phrases, fixing 'a' before a vowel."""
   return re.sub(r'\ba (?=[aeiou])', 'an ', template.format(**words))

@@ -127,3 +127,7 @@ class ShapesSource:
 
   def captions(self, limit: int | None = None) -> list[str]:
     return captions_of_records(self, limit)
+
+  @staticmethod
+  def partial_caption(record: dict, rng: np.random.Generator) -> str:
+    return shapes.partial_caption(record, rng)

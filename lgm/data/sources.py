@@ -37,6 +37,9 @@ class Source(Protocol):
   def captions(self, limit: int | None = None) -> list[str]:
     """The first `limit` captions (all if None), read without decoding the images where the source can."""
 
+  # Sources whose captions are made from their attributes (shapes) also offer
+  # `partial_caption(record, rng) -> str`: a caption naming only some of the record's attributes.
+
 
 def captions_of_records(source: Source, limit: int | None = None) -> list[str]:
   """`captions` of a source that stores captions inside its records: each record is read."""

@@ -15,6 +15,7 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -31,6 +32,9 @@ GRID_PROMPTS = 8  # the prompt grid's held-out captions when `report.prompts` is
 def evaluate(workdir: str, report: ml_collections.ConfigDict, num: int | None = None) -> dict[str, float]:
   """Fidelity, CLIP score and FID (CLIP image features) of images generated from held-out captions, at
   each guidance of `report.guidances`, with the score stage's sampler; appended to DIR/metrics.jsonl.
+  The same figures for two references, tagged `real` (the held-out images themselves) and `vae` (their
+  VAE reconstructions: the most the decoder lets a generated image show). With a classifier, the
+  confusion counts of every attribute (`confusion_<attribute>=<asked>><read>_<tag>`).
   Also writes DIR/samples/prompts.png (the report's prompt grid)."""
   pipe = TextToImage.from_workdir(workdir)
   classifier = (stages.load_stage(workdir, report.classifier_stage, 'classifier')
@@ -42,20 +46,27 @@ def evaluate(workdir: str, report: ml_collections.ConfigDict, num: int | None = 
   real = _embed_images(clip, held_out['image'])
   real_stats = evaluation.gaussian_statistics(real)
   texts = clip.task.encode_text(clip.params, prompts)
-  metrics = {}
+
+  def measure(images: np.ndarray, tag: str) -> dict[str, float]:
+    features = real if tag == 'real' else _embed_images(clip, images)
+    out = {}
+    if classifier is not None:
+      read = read_attributes(classifier.task, classifier.params, images)
+      asked = {name: held_out[name] for name in classifier.task.attributes}
+      out.update(evaluation.fidelity(read, asked))
+      out.update(confusion_counts(read, asked, classifier.task.value_names))
+    out['caption_retrieval'] = evaluation.caption_retrieval(features, texts, prompts)
+    out['clip_score'] = evaluation.clip_score(features, texts)
+    out['fid_clip'] = evaluation.frechet_distance(*real_stats, *evaluation.gaussian_statistics(features))
+    return {f'{k}_{tag}': v for k, v in out.items()}
+
+  metrics = {**measure(held_out['image'], 'real'), **measure(_reconstruct(pipe.task, held_out['image']), 'vae')}
   for guidance in report.guidances:
     start = time.perf_counter()
     generated, nfe = pipe(prompts, guidance=guidance, seeds=range(len(prompts)))
     seconds = time.perf_counter() - start
     tag = f'g{guidance:g}'
-    features = _embed_images(clip, generated)
-    if classifier is not None:
-      read = read_attributes(classifier.task, classifier.params, generated)
-      asked = {name: held_out[name] for name in classifier.task.attributes}
-      metrics.update({f'{k}_{tag}': v for k, v in evaluation.fidelity(read, asked).items()})
-    metrics[f'caption_retrieval_{tag}'] = evaluation.caption_retrieval(features, texts, prompts)
-    metrics[f'clip_score_{tag}'] = evaluation.clip_score(features, texts)
-    metrics[f'fid_clip_{tag}'] = evaluation.frechet_distance(*real_stats, *evaluation.gaussian_statistics(features))
+    metrics.update(measure(generated, tag))
     metrics[f'nfe_{tag}'] = nfe
     metrics[f'images_per_sec_{tag}'] = len(prompts) / seconds
   metrics['num_images'] = len(prompts)
@@ -73,6 +84,25 @@ def evaluate(workdir: str, report: ml_collections.ConfigDict, num: int | None = 
     image_lib.save_grid(os.path.join(workdir, 'samples', 'prompts.png'), grid, ncol=len(grid_prompts) // 2 or 1,
                         upscale=2)
   return metrics
+
+
+def confusion_counts(read: dict[str, np.ndarray], asked: dict[str, np.ndarray],
+                     value_names: dict[str, tuple[str, ...]]) -> dict[str, float]:
+  """`confusion_<attribute>=<asked>><read>`: how many images asked for one value were read as another (or
+  as it, on the diagonal), for every pair of values."""
+  counts = {}
+  for name, values in value_names.items():
+    table = np.zeros((len(values), len(values)), int)
+    np.add.at(table, (np.asarray(asked[name]), np.asarray(read[name])), 1)
+    counts.update({f'confusion_{name}={a}>{r}': float(table[i, j])
+                   for i, a in enumerate(values) for j, r in enumerate(values)})
+  return counts
+
+
+def _reconstruct(task, images: np.ndarray, batch_size: int = 250) -> np.ndarray:
+  """Images through the VAE of a text-to-image task: encode, decode (what generation can at best give)."""
+  roundtrip = jax.jit(lambda params, x: jnp.clip(task.to_images(task.to_data(x)), -1.0, 1.0))
+  return batching.map_in_batches(roundtrip, None, images, batch_size)
 
 
 def negative_prompt_effect(pipe, classifier, per_value: int, guidance: float) -> dict[str, float]:
@@ -104,12 +134,17 @@ def _embed_images(clip, images: np.ndarray, batch_size: int = 250) -> np.ndarray
   return batching.map_in_batches(clip.task.encode_images, clip.params, images, batch_size)
 
 
+REFERENCES = (('real', 'held-out images (reference)'), ('vae', 'their VAE reconstructions (ceiling)'))
+
+
 def write(workdir: str, config: ml_collections.ConfigDict, metrics: dict[str, float],
-                 seconds: dict[str, float]) -> str:
-  """DIR/report.md: the figures of the run, the table of guidances, the prompt grid, the time per stage."""
+          seconds: dict[str, float]) -> str:
+  """DIR/report.md: the figures of the run (the references, then each guidance), the confusion tables of the
+  best guidance, the negative prompts, the prompt grid, the time per stage."""
   score = config[SCORE_STAGE]
-  attributes = sorted({k[len('fidelity_'):].rsplit('_g', 1)[0] for k in metrics if k.startswith('fidelity_')})
   guidances = list(config.report.guidances)
+  attributes = sorted({k[len('fidelity_'):].rsplit('_g', 1)[0] for k in metrics
+                       if k.startswith('fidelity_') and k.endswith(f'_g{guidances[0]:g}')})
   lines = [f'# Text-to-image report: {workdir}', '',
            f"{int(metrics['num_images'])} images generated from held-out `{score.data.dataset}` captions, "
            'one seed each; '
@@ -118,24 +153,39 @@ def write(workdir: str, config: ml_collections.ConfigDict, metrics: dict[str, fl
            + (f' Fidelity: the classifier of stage `{config.report.classifier_stage}` (trained on real images) '
               'reads each generated image.' if attributes else '')
            + ' Caption retrieval: the share of images whose nearest distinct held-out caption (CLIP) is their own '
-           f"prompt (chance {metrics['caption_retrieval_chance']:.3f}).", '',
-           '| guidance | ' + ' | '.join(f'fidelity_{a}' for a in attributes)
+           f"prompt (chance {metrics['caption_retrieval_chance']:.3f}). The first rows measure the held-out images "
+           'and their reconstructions by the VAE the same way.', '',
+           '| images | ' + ' | '.join(f'fidelity_{a}' for a in attributes)
            + ' | caption retrieval | CLIP score | FID (CLIP features) | images/s |',
            '|---' * (len(attributes) + 5) + '|']
-  for g in guidances:
-    tag = f'g{g:g}'
+  rows = [(tag, name) for tag, name in REFERENCES if f'clip_score_{tag}' in metrics]
+  rows += [(f'g{g:g}', f'guidance {g:g}') for g in guidances]
+  for tag, name in rows:
     cells = [f"{metrics[f'fidelity_{a}_{tag}']:.3f}" for a in attributes]
-    lines.append(f'| {g:g} | ' + ''.join(c + ' | ' for c in cells) + f"{metrics[f'caption_retrieval_{tag}']:.3f} | "
-                 f"{metrics[f'clip_score_{tag}']:.2f} | {metrics[f'fid_clip_{tag}']:.4f} | "
-                 f"{metrics[f'images_per_sec_{tag}']:.1f} |")
+    cells += [f"{metrics[f'caption_retrieval_{tag}']:.3f}", f"{metrics[f'clip_score_{tag}']:.2f}",
+              '–' if tag == 'real' else f"{metrics[f'fid_clip_{tag}']:.4f}",
+              f"{metrics[f'images_per_sec_{tag}']:.1f}" if f'images_per_sec_{tag}' in metrics else '–']
+    lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+  if attributes:
+    best = max(guidances, key=lambda g: metrics[f'fidelity_all_g{g:g}'])
+    lines += ['', f'What the classifier read in the images generated at guidance {best:g} (rows: asked, columns: read):']
+    for a in attributes:
+      lines += ['', *confusion_table(metrics, a, f'g{best:g}')]
   negatives = [a for a in attributes if f'negative_{a}_with' in metrics]
   if negatives:
+    per_value = int(metrics['negative_images_per_value'])
     lines += ['', f"Negative prompts (guidance {metrics['negative_guidance']:g}, empty prompt, "
-              f"{int(metrics['negative_images_per_value'])} seeds per value): the share of samples showing the "
-              'value named by the negative prompt, averaged over the values of each attribute.', '',
-              '| attribute | without the negative prompt | with it |', '|---|---|---|']
+              f'{per_value} seeds per value): the share of samples showing the value named by the negative prompt, '
+              'averaged over the values of each attribute, then for each value with the standard error of the change.',
+              '', '| attribute | without the negative prompt | with it |', '|---|---|---|']
     lines += [f"| {a} | {metrics[f'negative_{a}_without']:.3f} | {metrics[f'negative_{a}_with']:.3f} |"
               for a in negatives]
+    lines += ['', '| negative prompt | without | with | change | standard error |', '|---|---|---|---|---|']
+    for key in sorted(k for k in metrics if k.startswith('negative_') and '=' in k and k.endswith('_without')):
+      value = key[len('negative_'):-len('_without')]
+      p0, p1 = metrics[key], metrics[f'negative_{value}_with']
+      se = np.sqrt((p0 * (1 - p0) + p1 * (1 - p1)) / per_value)
+      lines.append(f'| {value.split("=", 1)[1]} | {p0:.3f} | {p1:.3f} | {p1 - p0:+.3f} | {se:.3f} |')
   lines += ['', '![prompt grid](samples/prompts.png)', '', 'Prompts (row-major): ' +
             ('; '.join(f'"{p}"' for p in config.report.prompts) or f'the first {GRID_PROMPTS} held-out captions'),
             '', '| stage | seconds |', '|---|---|']
@@ -145,3 +195,14 @@ def write(workdir: str, config: ml_collections.ConfigDict, metrics: dict[str, fl
   files.write_json(os.path.join(workdir, 'report.json'), {'metrics': metrics, 'seconds': seconds}, indent=1)
   files.write_text(path, '\n'.join(lines) + '\n')  # last: report.md is what marks the job as finished
   return path
+
+
+def confusion_table(metrics: dict[str, float], attribute: str, tag: str) -> list[str]:
+  """Markdown rows of one attribute's confusion counts (`confusion_counts`), asked by read."""
+  prefix = f'confusion_{attribute}='
+  pairs = [k[len(prefix):-len(tag) - 1].split('>') for k in metrics if k.startswith(prefix) and k.endswith(f'_{tag}')]
+  values = list(dict.fromkeys(a for a, _ in pairs))
+  lines = [f'| {attribute} | ' + ' | '.join(values) + ' |', '|---' * (len(values) + 1) + '|']
+  for a in values:
+    lines.append(f'| {a} | ' + ' | '.join(f"{int(metrics[f'{prefix}{a}>{r}_{tag}'])}" for r in values) + ' |')
+  return lines

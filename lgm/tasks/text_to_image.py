@@ -68,6 +68,10 @@ class TextToImageTask(TextConditioned, ScoreTask):
     self.tune_text = bool(config.text.tune)
     self.latent_scale = float(latent_scale)
     self.guidance = float(config.sampling_guidance)
+    self.guidance_interval = tuple(float(t) for t in config.get('guidance_interval', (0.0, 1.0)))
+    if not self.guidance_interval[0] < self.guidance_interval[1]:
+      raise ValueError(f'config.guidance_interval={config.guidance_interval} must be (low, high) with low < high, '
+                       'as fractions of T; (0, 1) guides at every step.')
     self.cache_latents = bool(config.latent.get('cache', False))
     if self.cache_latents and config.data.random_flip:
       raise ValueError('config.latent.cache keeps one latent per training image, which random flips would '
@@ -114,16 +118,22 @@ class TextToImageTask(TextConditioned, ScoreTask):
   def guided_score_fn(self, params: PyTree, conditioning: dict, unconditional: dict, guidance: float | None):
     """Classifier-free guidance: s_u + guidance * (s_c - s_u), both halves in one network call
     (guidance 1 is the conditional model alone, 0 the unconditional one). `guidance` None: s_c alone,
-    in a network call of half the size (what guidance 1 computes, with the cancelling half left out)."""
+    in a network call of half the size (what guidance 1 computes, with the cancelling half left out).
+
+    Guidance applies at the times t / T inside `config.guidance_interval`; outside, s_c alone (Kynkaanniemi
+    et al. 2024: at the highest noise levels guidance pushes the image's layout and background off the
+    data, and the shape drawn on them with it; docs/notes.md)."""
     if guidance is None:
       return self.score_fn(params, **conditioning)
     both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), conditioning, unconditional)
     score = self.score_fn(params, **both)
+    low, high = (bound * self.sde.T for bound in self.guidance_interval)
 
     def guided(x, t):
       s = score(jnp.concatenate([x, x]), jnp.concatenate([t, t]))
       s_cond, s_uncond = jnp.split(s, 2)
-      return s_uncond + guidance * (s_cond - s_uncond)
+      weight = jnp.where((t >= low) & (t <= high), guidance, 1.0).reshape(-1, *[1] * (x.ndim - 1))
+      return s_uncond + weight * (s_cond - s_uncond)
     return guided
 
   # --- what the trainer calls ---------------------------------------------------------------------------
