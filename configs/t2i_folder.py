@@ -22,6 +22,7 @@ def get_config(arg: str | None = None):
   config.stage_order = ('vae', 'clip', 'score')
   config.data.image_size = 32
   config.vae.data.random_flip = config.score.data.random_flip = False  # captions may say "left" and "right"
+  config.clip.data.partial_captions = config.score.data.partial_captions = 0.0  # free text has no attributes
   config.clip.tokenizer.num_merges = 2000  # real captions use many more words than shapes'
   config.clip.tokenizer.context_length = 32
   config.report.classifier_stage = ''
