@@ -48,12 +48,12 @@ def score_config() -> ml_collections.ConfigDict:
   m.num_heads = 4
 
   config.train.batch_size = 64
-  config.train.num_steps = 2200
-  config.train.checkpoint_every = 550
+  config.train.num_steps = 3000
+  config.train.checkpoint_every = 750
   config.train.ema_decay = 0.999
   config.optim.learning_rate = 1e-3
   config.optim.warmup_steps = 200
-  config.eval.every = 2200
+  config.eval.every = 3000
   config.eval.num_examples = 400
   config.eval.bpd_per_batch = 0
   config.eval.bpd_rtol = config.eval.bpd_atol = 1e-5

@@ -86,7 +86,9 @@ def test_job_trains_every_stage_then_reports(job):
     for name, values in (('colour', shapes.ATTRIBUTES['colour']), ('size', shapes.ATTRIBUTES['size'])):
       counts = np.array([[metrics[f'confusion_{name}={a}>{r}_{tag}'] for r in values] for a in values])
       assert counts.sum() == 16 and np.trace(counts) / 16 == pytest.approx(metrics[f'fidelity_{name}_{tag}'])
-  assert '| size | small | medium | large |' in report and '| negative prompt | without | with |' in report
+  assert '| size | small | medium | large |' in report and '| all |' not in report
+  assert '| attribute | negative prompt | without | with | change | standard error |' in report
+  assert re.search(r'\| colour \| red \| \d\.\d{3} \| \d\.\d{3} \| [+-]\d\.\d{3} \| \d\.\d{3} \|', report)
   with PIL.Image.open(os.path.join(workdir, 'samples', 'prompts.png')) as image:
     assert min(image.size) >= 64
   assert metrics_lib.read_metrics(workdir)[-1]['eval/fidelity_all_g3'] == metrics['fidelity_all_g3']

@@ -170,7 +170,8 @@ def write(workdir: str, config: ml_collections.ConfigDict, metrics: dict[str, fl
     best = max(guidances, key=lambda g: metrics[f'fidelity_all_g{g:g}'])
     lines += ['', f'What the classifier read in the images generated at guidance {best:g} (rows: asked, columns: read):']
     for a in attributes:
-      lines += ['', *confusion_table(metrics, a, f'g{best:g}')]
+      if a != 'all':
+        lines += ['', *confusion_table(metrics, a, f'g{best:g}')]
   negatives = [a for a in attributes if f'negative_{a}_with' in metrics]
   if negatives:
     per_value = int(metrics['negative_images_per_value'])
@@ -180,12 +181,13 @@ def write(workdir: str, config: ml_collections.ConfigDict, metrics: dict[str, fl
               '', '| attribute | without the negative prompt | with it |', '|---|---|---|']
     lines += [f"| {a} | {metrics[f'negative_{a}_without']:.3f} | {metrics[f'negative_{a}_with']:.3f} |"
               for a in negatives]
-    lines += ['', '| negative prompt | without | with | change | standard error |', '|---|---|---|---|---|']
+    lines += ['', '| attribute | negative prompt | without | with | change | standard error |',
+              '|---|---|---|---|---|---|']
     for key in sorted(k for k in metrics if k.startswith('negative_') and '=' in k and k.endswith('_without')):
       value = key[len('negative_'):-len('_without')]
       p0, p1 = metrics[key], metrics[f'negative_{value}_with']
       se = np.sqrt((p0 * (1 - p0) + p1 * (1 - p1)) / per_value)
-      lines.append(f'| {value.split("=", 1)[1]} | {p0:.3f} | {p1:.3f} | {p1 - p0:+.3f} | {se:.3f} |')
+      lines.append(f'| {" | ".join(value.split("=", 1))} | {p0:.3f} | {p1:.3f} | {p1 - p0:+.3f} | {se:.3f} |')
   lines += ['', '![prompt grid](samples/prompts.png)', '', 'Prompts (row-major): ' +
             ('; '.join(f'"{p}"' for p in config.report.prompts) or f'the first {GRID_PROMPTS} held-out captions'),
             '', '| stage | seconds |', '|---|---|']
