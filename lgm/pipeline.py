@@ -6,7 +6,8 @@
 Every sampler of `lgm.sampling` works (`sampler`, `steps`; the config's few-step sampler by default).
 Each image starts from the prior noise of its own seed, so an image does not depend on its batch-mates.
 An empty prompt is the unconditional model; a negative prompt takes the place of the unconditional half
-of classifier-free guidance, pushing samples away from what it names. img2img (SDEdit, Meng et al. 2022)
+of classifier-free guidance, pushing samples away from what it names (at the times where the model's
+`guidance_interval` guides). img2img (SDEdit, Meng et al. 2022)
 noises the encoded image to time `strength` * T and denoises from there; inpainting keeps the latent cells
 outside the mask; `interpolate` walks between two prompts' text features under fixed noise.
 """

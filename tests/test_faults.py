@@ -340,12 +340,14 @@ def test_score_and_job_values_are_checked_too(tmp_path):
   job = t2i_shapes.get_config()
   job.score.sampling_guidance = -1.0
   job.report.guidances = (1.0, 'three')
+  job.score.guidance_interval = (0.0, 1.5)
   job.stage_order = ('vae', 'clip', 'scor')
   with pytest.raises(ValueError, match=r"stage_order names \['scor'\], which are not training configs"):
     jobs.run_job(job, str(tmp_path / 'job'))
   job.stage_order = ('vae', 'clip', 'classifier', 'score')
-  with pytest.raises(ValueError, match=r'score.sampling_guidance=-1.0 must be in \[0, 100\]; '
-                                       r"report.guidances=\(1.0, 'three'\) must be a list of guidances"):
+  with pytest.raises(ValueError, match=r'score.guidance_interval=\(0.0, 1.5\) must be a list of two times in '
+                                       r'\[0, 1\] \(fractions of T\); score.sampling_guidance=-1.0 must be in '
+                                       r"\[0, 100\]; report.guidances=\(1.0, 'three'\) must be a list of guidances"):
     jobs.run_job(job, str(tmp_path / 'job'))
   assert not (tmp_path / 'job').exists()
 

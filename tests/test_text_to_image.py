@@ -91,6 +91,9 @@ def test_job_trains_every_stage_then_reports(job):
   assert re.search(r'\| colour \| red \| \d\.\d{3} \| \d\.\d{3} \| [+-]\d\.\d{3} \| \d\.\d{3} \|', report)
   with PIL.Image.open(os.path.join(workdir, 'samples', 'prompts.png')) as image:
     assert min(image.size) >= 64
+  with PIL.Image.open(os.path.join(workdir, 'samples', 'negative_prompts.png')) as image:  # 8 seeds x 5 rows
+    assert image.size[1] / image.size[0] == pytest.approx(5 / 8, rel=0.02)
+  assert '"red", "circle", "small", "top left" (one row each)' in report
   assert metrics_lib.read_metrics(workdir)[-1]['eval/fidelity_all_g3'] == metrics['fidelity_all_g3']
   for name, count in (('colour', 8), ('shape', 5), ('size', 3), ('position', 5)):
     # Every sample shows exactly one value, so the plain shares average to 1 / count.
@@ -184,6 +187,23 @@ def test_negative_prompt_effect_counts_the_named_value_on_the_same_seeds():
   assert metrics['negative_colour_without'] == pytest.approx(1 / 3)
   assert metrics['negative_colour_with'] == 0.0
   assert metrics['negative_colour=green_without'] == pytest.approx(1 / 3)
+
+
+def test_guidance_applies_only_inside_the_guidance_interval(pipe):
+  task, params = pipe.task, pipe.params
+  assert task.guidance_interval == (0.0, 0.7)  # configs/t2i_shapes.py
+  cond = task.text_conditioning(params, jnp.asarray(task.tokenize(['a red circle'] * 4)))
+  null = task.keep_only(cond, jnp.zeros((4,), bool))
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, *task.data_shape))
+  t = jnp.array([0.05, 0.7, 0.71, 0.95]) * task.sde.T
+  s_cond, s_uncond = task.score_fn(params, **cond)(x, t), task.score_fn(params, **null)(x, t)
+  guided = task.guided_score_fn(params, cond, null, 3.0)(x, t)
+  np.testing.assert_allclose(guided[:2], (s_uncond + 3.0 * (s_cond - s_uncond))[:2], rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(guided[2:], s_cond[2:], rtol=1e-4, atol=1e-4)  # above 0.7 T: the prompt alone
+  config = tiny_job_config().score
+  config.guidance_interval = (0.7, 0.2)
+  with pytest.raises(ValueError, match=r'guidance_interval=\(0.7, 0.2\) must be \(low, high\) with low < high'):
+    type(task)(config, task.vae, task.clip, task.latent_scale)
 
 
 def test_guidance_is_uncond_plus_scale_times_the_difference(pipe):

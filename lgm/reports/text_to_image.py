@@ -83,7 +83,17 @@ def evaluate(workdir: str, report: ml_collections.ConfigDict, num: int | None = 
     grid, _ = pipe(grid_prompts, guidance=max(report.guidances), seeds=range(len(grid_prompts)))
     image_lib.save_grid(os.path.join(workdir, 'samples', 'prompts.png'), grid, ncol=len(grid_prompts) // 2 or 1,
                         upscale=2)
+    if classifier is not None and report.get('negative_images_per_value'):
+      words = [values[0] for values in classifier.task.value_names.values()]
+      negative_prompt_grid(pipe, words, max(report.guidances), os.path.join(workdir, 'samples', 'negative_prompts.png'))
   return metrics
+
+
+def negative_prompt_grid(pipe, words: list[str], guidance: float, path: str, num: int = GRID_PROMPTS) -> str:
+  """`num` samples of the empty prompt (first row), then the same seeds with each word as the negative prompt
+  (one row per word)."""
+  rows = [pipe([''] * num, negative_prompt=word, guidance=guidance, seeds=range(num))[0] for word in [None, *words]]
+  return image_lib.save_grid(path, np.concatenate(rows), ncol=num, upscale=2)
 
 
 def confusion_counts(read: dict[str, np.ndarray], asked: dict[str, np.ndarray],
@@ -188,6 +198,10 @@ def write(workdir: str, config: ml_collections.ConfigDict, metrics: dict[str, fl
       p0, p1 = metrics[key], metrics[f'negative_{value}_with']
       se = np.sqrt((p0 * (1 - p0) + p1 * (1 - p1)) / per_value)
       lines.append(f'| {" | ".join(value.split("=", 1))} | {p0:.3f} | {p1:.3f} | {p1 - p0:+.3f} | {se:.3f} |')
+  if negatives:
+    words = ', '.join(f'"{word}"' for word in _first_values(metrics))
+    lines += ['', '![negative prompts](samples/negative_prompts.png)', '',
+              f'The empty prompt (first row), then the same seeds with the negative prompt {words} (one row each).']
   lines += ['', '![prompt grid](samples/prompts.png)', '', 'Prompts (row-major): ' +
             ('; '.join(f'"{p}"' for p in config.report.prompts) or f'the first {GRID_PROMPTS} held-out captions'),
             '', '| stage | seconds |', '|---|---|']
@@ -197,6 +211,17 @@ def write(workdir: str, config: ml_collections.ConfigDict, metrics: dict[str, fl
   files.write_json(os.path.join(workdir, 'report.json'), {'metrics': metrics, 'seconds': seconds}, indent=1)
   files.write_text(path, '\n'.join(lines) + '\n')  # last: report.md is what marks the job as finished
   return path
+
+
+def _first_values(metrics: dict[str, float]) -> list[str]:
+  """The first value of each attribute in the negative-prompt metrics, in their order: the words of the
+  negative-prompt grid."""
+  first = {}
+  for key in metrics:
+    if key.startswith('negative_') and '=' in key:
+      name, value = key[len('negative_'):].rsplit('_', 1)[0].split('=', 1)
+      first.setdefault(name, value)
+  return list(first.values())
 
 
 def confusion_table(metrics: dict[str, float], attribute: str, tag: str) -> list[str]:
