@@ -2,16 +2,16 @@
 
 python -m benchmarks.t2i_diagnosis --workdir=runs/t2i_shapes [--num=128] [--out=FILE]
 
-Three measurements of a trained `shapes` job (its classifier stage reads the images), one JSON line each:
+Two measurements of a trained `shapes` job (its classifier stage reads the images), one JSON line each:
   text       do the text tower's embeddings separate the values of each attribute? Per attribute, the
              share of held-out captions whose pooled embedding is nearest (cosine) to the mean embedding
              of the training captions with the same value; and the share of bare words ('red', 'circle',
              'small', 'top left': the form negative prompts take) nearest to their own value's mean.
   decided    at which noise level is each attribute decided? Held-out images are noised to t = s * T and
              denoised (SDEdit) under their caption with one attribute changed to another value; the share
-             read as the new value, per strength s. An attribute decided late (low s) switches early.
-  decoder    the classifier on the VAE's reconstructions of the held-out images: the most the decoder
-             lets a generated image show (also a row of the job's report).
+             read as the new value, per strength s (the lower the s at which it still switches, the later
+             the attribute is fixed).
+The third diagnosis, the ceiling the decoder sets, is a row of the job's report (the VAE's reconstructions).
 """
 
 from __future__ import annotations

@@ -199,17 +199,20 @@ def partial_caption(attributes: Mapping[str, int], rng: np.random.Generator) -> 
       break
   words = {name: SYNONYMS[name][attributes[name]][rng.integers(len(SYNONYMS[name][attributes[name]]))]
            for name in kept}
-  phrase = ' '.join(words[name] for name in ('size', 'colour', 'shape') if name in words)
   if rng.random() < 0.5:
-    return ' '.join(p for p in (phrase, words.get('position', '')) if p)
-  where = f" in the {words['position']}" if 'position' in words else ''
-  noun = '' if 'shape' in words else ' shape'
-  return re.sub(r'\ba (?=[aeiou])', 'an ', f'a {phrase}{noun}{where}'.replace('a  ', 'a '))
+    return ' '.join(words[name] for name in ('size', 'colour', 'shape', 'position') if name in words)
+  where = [f"in the {words['position']}"] if 'position' in words else []
+  return _fix_articles(' '.join(['a', *(words[n] for n in ('size', 'colour') if n in words),
+                                 words.get('shape', 'shape'), *where]))
 
 
 def format_caption(template: str, words: Mapping[str, str]) -> str:
   """Fills a template with attribute phrases, fixing 'a' before a vowel."""
-  return re.sub(r'\ba (?=[aeiou])', 'an ', template.format(**words))
+  return _fix_articles(template.format(**words))
+
+
+def _fix_articles(text: str) -> str:
+  return re.sub(r'\ba (?=[aeiou])', 'an ', text)
 
 
 def _tokens(text: str) -> tuple[str, ...]:

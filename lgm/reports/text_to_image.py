@@ -198,7 +198,6 @@ def write(workdir: str, config: ml_collections.ConfigDict, metrics: dict[str, fl
       p0, p1 = metrics[key], metrics[f'negative_{value}_with']
       se = np.sqrt((p0 * (1 - p0) + p1 * (1 - p1)) / per_value)
       lines.append(f'| {" | ".join(value.split("=", 1))} | {p0:.3f} | {p1:.3f} | {p1 - p0:+.3f} | {se:.3f} |')
-  if negatives:
     words = ', '.join(f'"{word}"' for word in _first_values(metrics))
     lines += ['', '![negative prompts](samples/negative_prompts.png)', '',
               f'The empty prompt (first row), then the same seeds with the negative prompt {words} (one row each).']
