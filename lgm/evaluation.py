@@ -113,6 +113,18 @@ def fidelity(predicted: dict[str, np.ndarray], asked: dict[str, np.ndarray]) -> 
   return metrics
 
 
+def diversity(features: np.ndarray) -> float:
+  """Mean pairwise Euclidean distance between the samples of one prompt, averaged over prompts: `features`
+  (prompts, samples, D), e.g. CLIP image embeddings (unit vectors: 0 when every sample is the same image,
+  sqrt(2) for orthogonal ones)."""
+  features = np.asarray(features, np.float64)
+  k = features.shape[1]
+  if k < 2:
+    raise ValueError(f'diversity needs at least 2 samples per prompt, got {k}.')
+  distances = np.linalg.norm(features[:, :, None] - features[:, None, :], axis=-1)
+  return float(distances.sum(axis=(1, 2)).mean() / (k * (k - 1)))
+
+
 def clip_score(image_embeddings: np.ndarray, text_embeddings: np.ndarray) -> float:
   """100 * mean over pairs of max(cosine, 0) (Hessel et al. 2021's scale, without their w = 2.5)."""
   cosine = np.sum(image_embeddings * text_embeddings, axis=-1) / (

@@ -4,6 +4,10 @@ A job config has `stage_order`, one full training config per stage (`config.vae`
 and `report` (its `name` selects the evaluation from `lgm.reports`, the rest are that report's settings).
 Stage `name` trains in DIR/name with the one trainer, so each stage resumes on its own and a finished
 stage is left as it is; stages find the trained stages they build on through `lgm.stages`.
+
+`config.reuse` (optional) names another finished job: its stages listed in `config.reuse_stages` are used as
+they are (DIR/name becomes a link to them; they must have been trained with the same stage configs) and only
+the other stages train here.
 """
 
 from __future__ import annotations
@@ -39,17 +43,22 @@ def run_job(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]
   config = with_job_data(config)
   workdir_lib.check_path(workdir)
   report = reports.get_report(config.report.name)
+  reused = reused_stages(config, workdir)
   with lock_lib.hold(workdir):
     for name in config.stage_order:
-      workdir_lib.check_resumable(os.path.join(workdir, name), config[name])
+      workdir_lib.check_resumable(reused.get(name, os.path.join(workdir, name)), config[name])
     if _finished(config, workdir):
       logging.info('%s finished: nothing to do (experiments.evaluate re-evaluates it).', workdir)
       return metrics_lib.last_evaluation(workdir)
     check_data(config)
     if jax.process_index() == 0:
       workdir_lib.write_config(workdir, config)
+      _link(reused, workdir)
     seconds = {}
     for name in config.stage_order:
+      if name in reused:
+        logging.info('Stage %s: reused from %s', name, reused[name])
+        continue
       start = time.perf_counter()
       logging.info('Stage %s -> %s', name, os.path.join(workdir, name))
       trainer.train_and_evaluate(config[name], os.path.join(workdir, name))
@@ -63,6 +72,39 @@ def run_job(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]
     if jax.process_index() == 0:
       report.write(workdir, config, metrics, seconds)
     return metrics
+
+
+def reused_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
+  """Stage name -> the finished stage directory of `config.reuse` it is taken from ({} without `reuse`).
+
+  One-line errors for a directory that is not a finished job's stage, and for a DIR/name that is already
+  something else (a stage trained here, or a link to another job)."""
+  source = config.get('reuse', '')
+  if not source:
+    return {}
+  source = os.path.abspath(source)
+  unknown = [name for name in config.reuse_stages if name not in config.stage_order]
+  if unknown:
+    raise ValueError(f'reuse_stages names {unknown}, which are not stages of this job ({list(config.stage_order)}).')
+  reused = {}
+  for name in config.reuse_stages:
+    path = os.path.join(source, name)
+    step = checkpoints.saved_step(path)
+    if step < config[name].train.num_steps:
+      raise ValueError(f'{path} is not a finished {name} stage (step {step} of {config[name].train.num_steps}); '
+                       f'finish the job in {source} first, or leave out --config.reuse.')
+    here = os.path.join(workdir, name)
+    if os.path.lexists(here) and os.path.realpath(here) != os.path.realpath(path):
+      raise ValueError(f'{here} already holds another {name} stage; use a new --workdir to reuse {path}.')
+    reused[name] = path
+  return reused
+
+
+def _link(reused: dict[str, str], workdir: str) -> None:
+  for name, path in reused.items():
+    here = os.path.join(workdir, name)
+    if not os.path.lexists(here):
+      os.symlink(path, here, target_is_directory=True)
 
 
 def with_job_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -128,6 +128,23 @@ def dsm_loss(rng: jax.Array, sde, score_fn, x: jax.Array, *, eps: float = 1e-5,
   return per_example_sum(jnp.square(score + z / std_b), reduce_mean) * g2
 
 
+def x0_loss(rng: jax.Array, sde, score_fn, x: jax.Array, *, eps: float = 1e-5, reduce_mean: bool = False,
+            time_distribution: str = 'uniform', log_sigma: tuple[float, float] = (-1.2, 1.2)) -> jax.Array:
+  """Data-prediction loss ||x0_hat - x||^2, x0_hat = (x_t + sigma^2 s) / alpha (Tweedie), per example.
+
+  The same minimiser as `dsm_loss` with the weighting lambda(t) = sigma^4 / alpha^2 in score terms: every
+  noise level counts alike in data space, as in DALL-E 2's prior (Ramesh et al. 2022), which predicts the
+  clean embedding. Times as in `dsm_loss`.
+  """
+  t_rng, z_rng = jax.random.split(rng)
+  t = training_times(t_rng, sde, x.shape[0], eps=eps, distribution=time_distribution, log_sigma=log_sigma)
+  z = jax.random.normal(z_rng, x.shape)
+  alpha, sigma = (c.reshape((-1,) + (1,) * (x.ndim - 1)) for c in sde.marginal_coefficients(t))
+  x_t = alpha * x + sigma * z
+  x0_hat = (x_t + sigma ** 2 * score_fn(x_t, t)) / alpha
+  return per_example_sum(jnp.square(x0_hat - x), reduce_mean)
+
+
 def _grid_times(rng: jax.Array, sde, batch: int) -> tuple[jax.Array, jax.Array]:
   """A random index of the N-point grid per example, and its time t_i = i T / (N - 1)."""
   i = jax.random.randint(rng, (batch,), 0, sde.N)
@@ -155,7 +172,7 @@ def smld_loss(rng: jax.Array, sde, score_fn, x: jax.Array, *, reduce_mean: bool 
   return per_example_sum(jnp.square(score * sigma + z), reduce_mean)
 
 
-SCORE_LOSSES = {'dsm': dsm_loss, 'ddpm': ddpm_loss, 'smld': smld_loss}
+SCORE_LOSSES = {'dsm': dsm_loss, 'x0': x0_loss, 'ddpm': ddpm_loss, 'smld': smld_loss}
 
 
 # --- contrastive losses of a dual encoder (lgm.models.clip) ----------------------------------------

@@ -1,7 +1,13 @@
-"""Text -> image: prompt -> tokens -> text features -> guided reverse SDE/ODE in latent space -> decoder.
+"""Text -> image, two roads:
+  guided  prompt -> tokens -> text features -> guided reverse SDE/ODE in latent space -> VAE decoder
+          (the `score` stage of a t2i job, `lgm.tasks.text_to_image`);
+  prior   prompt -> text features -> the unCLIP prior samples a CLIP image embedding -> the embedding
+          decoder's reverse SDE in latent space -> VAE decoder (its `prior` and `decoder` stages,
+          `lgm.tasks.prior`, `lgm.tasks.embedding_decoder`).
 
     pipe = TextToImage.from_workdir('runs/t2i_shapes')
     images, nfe = pipe(['a large red circle in the top left'], guidance=3.0, seeds=[0])
+    images, nfe = pipe(['a large red circle in the top left'], route='prior', seeds=[0])   # a job with both
 
 Every sampler of `lgm.sampling` works (`sampler`, `steps`; the config's few-step sampler by default).
 Each image starts from the prior noise of its own seed, so an image does not depend on its batch-mates.
@@ -10,6 +16,11 @@ of classifier-free guidance, pushing samples away from what it names (at the tim
 `guidance_interval` guides). img2img (SDEdit, Meng et al. 2022)
 noises the encoded image to time `strength` * T and denoises from there; inpainting keeps the latent cells
 outside the mask; `interpolate` walks between two prompts' text features under fixed noise.
+
+The prior road adds what only an image embedding gives: `variations` (decode an image's own embedding with
+new noise), `interpolate` between two images (along the great circle of their unit-norm embeddings) and
+`text_diff` (turn an image's embedding towards the difference of two captions' text embeddings, DALL-E 2's
+text diffs).
 """
 
 from __future__ import annotations
@@ -21,30 +32,50 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lgm import batching, sampling, stages
+from lgm import batching, sampling, semantic, stages
+from lgm.tasks import Trained
 from lgm.tasks.text_to_image import TextToImageTask
 
 SCORE_STAGE = 'score'
+PRIOR_STAGE, DECODER_STAGE = 'prior', 'decoder'
+ROUTES = ('guided', 'prior')
 
 
 class TextToImage:
-  """A trained text-to-image model (the `score` stage of a t2i job and the stages it reads)."""
+  """A trained text-to-image model: the `score` stage of a t2i job (the guided road) and/or its `prior` and
+  `decoder` stages (the prior road), with the stages they read."""
 
-  def __init__(self, task: TextToImageTask, params, step: int = 0, batch_size: int = 64):
+  def __init__(self, task: TextToImageTask | None, params=None, step: int = 0, batch_size: int = 64,
+               prior: Trained | None = None, decoder: Trained | None = None):
+    if task is None and (prior is None or decoder is None):
+      raise ValueError('a text-to-image pipeline needs a text-guided model, or a prior and a decoder.')
     self.task, self.params, self.step, self.batch_size = task, params, step, batch_size
+    self.prior, self.decoder = prior, decoder
+    self.route = 'guided' if task is not None else 'prior'  # the default road
+    self.clip = (task or prior.task).clip
 
   @classmethod
   def from_workdir(cls, workdir: str, batch_size: int = 64) -> TextToImage:
-    """From a t2i job directory (its `score` stage) or from the score stage's own directory."""
-    stage = os.path.join(workdir, SCORE_STAGE)
-    path = stage if os.path.isdir(stage) else workdir
+    """From a t2i job directory (its `score` stage and, when it has them, its `prior` and `decoder` stages) or
+    from the score stage's own directory."""
+    has = lambda name: os.path.exists(os.path.join(workdir, name, 'config.json'))
+    prior = decoder = None
+    if has(PRIOR_STAGE) and has(DECODER_STAGE):
+      prior, decoder = (stages.load_stage(workdir, name, name) for name in (PRIOR_STAGE, DECODER_STAGE))
+      if not has(SCORE_STAGE):
+        return cls(None, prior=prior, decoder=decoder, batch_size=batch_size)
+    path = os.path.join(workdir, SCORE_STAGE) if has(SCORE_STAGE) else workdir
     if not os.path.exists(os.path.join(path, 'config.json')):
-      raise FileNotFoundError(f'{workdir} holds no text-to-image model: the score stage ({stage}) is missing; '
+      raise FileNotFoundError(f'{workdir} holds no text-to-image model: the score stage ({path}) is missing; '
                               f'train it: python -m experiments.train --config=configs/t2i_shapes.py --workdir={workdir}')
     trained = stages.load_trained(path)
     if not trained.task.generates_from_text:
       raise ValueError(f'{path} holds a {trained.config.task} model, not a text-to-image one.')
-    return cls(trained.task, trained.params, trained.step, batch_size)
+    return cls(trained.task, trained.params, trained.step, batch_size, prior, decoder)
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return (self.task or self.decoder.task).image_shape
 
   # --- helpers ----------------------------------------------------------------------------------------
   def _options(self, sampler: str | None, steps: int | None) -> tuple:
@@ -57,24 +88,35 @@ class TextToImage:
       options['num_steps'] = int(steps)
     return tuple(sorted(options.items()))
 
-  def _noise(self, seeds: Sequence[int]) -> np.ndarray:
-    """The prior draw of each seed, as if drawn alone (one vmapped call, not one dispatch per image)."""
-    shape = (1, *self.task.data_shape)
-    draw = lambda seed: self.task.sde.prior_sampling(jax.random.PRNGKey(seed), shape)[0]
+  @staticmethod
+  def _noise(task, seeds: Sequence[int], stream: int = 0) -> np.ndarray:
+    """The prior draw of `task`'s diffusion for each seed, as if drawn alone (one vmapped call, not one
+    dispatch per image); `stream` 1 is the prior road's first stage, independent of its decoder's draw."""
+    shape = (1, *task.data_shape)
+
+    def draw(seed):
+      key = jax.random.PRNGKey(seed)
+      return task.sde.prior_sampling(jax.random.fold_in(key, stream) if stream else key, shape)[0]
     return np.asarray(jax.vmap(draw)(jnp.asarray(seeds, jnp.uint32)))
 
-  def _run(self, prompts, negative_prompt, guidance, noise, seeds, options, known=None):
-    if guidance is None:
-      guidance = self.task.guidance
+  @staticmethod
+  def _guidance(task, guidance: float | None) -> jax.Array | None:
+    """The guidance weight to trace (the task's default for None); None for 1, the conditional score alone:
+    the other half cancels, so it is not computed."""
+    guidance = task.guidance if guidance is None else guidance
     if guidance < 0:
       raise ValueError(f'guidance must be >= 0 (1 = no guidance, larger = follow the prompt more), got {guidance}.')
-    tokens = self.task.tokenize(list(prompts))
-    negatives = self.task.tokenize([negative_prompt or ''] * len(prompts))
+    return None if guidance == 1 else jnp.float32(guidance)
+
+  def _prompt_inputs(self, task, prompts, negative_prompt, seeds) -> dict[str, np.ndarray]:
     use_text = np.stack([[bool(p.strip()) for p in prompts], [bool(negative_prompt)] * len(prompts)], axis=1)
-    # Guidance 1 is the conditional score alone: the other half cancels, so it is not computed.
-    guidance = None if guidance == 1 else jnp.float32(guidance)
-    inputs = {'noise': np.asarray(noise), 'tokens': tokens, 'negatives': negatives, 'use_text': use_text,
-              'seed': np.asarray(seeds, np.uint32)}
+    return {'tokens': task.tokenize(list(prompts)), 'negatives': task.tokenize([negative_prompt or ''] * len(prompts)),
+            'use_text': use_text, 'seed': np.asarray(seeds, np.uint32)}
+
+  def _run(self, prompts, negative_prompt, guidance, noise, seeds, options, known=None):
+    self._need('guided')
+    guidance = self._guidance(self.task, guidance)
+    inputs = {'noise': np.asarray(noise), **self._prompt_inputs(self.task, prompts, negative_prompt, seeds)}
     if known is not None:
       inputs['known'] = tuple(np.asarray(a) for a in known)
 
@@ -85,6 +127,15 @@ class TextToImage:
       return {'images': images, 'nfe': np.full(len(images), int(nfe))}
     out = batching.map_in_batches(generate, self.params, inputs, min(self.batch_size, len(prompts)))
     return out['images'], int(out['nfe'][0])
+
+  def _need(self, route: str) -> None:
+    if route not in ROUTES:
+      raise ValueError(f'unknown route {route!r}; valid: {list(ROUTES)}')
+    if route == 'guided' and self.task is None:
+      raise ValueError('this model has no text-guided score stage; use route="prior".')
+    if route == 'prior' and self.prior is None:
+      raise ValueError('this model has no prior and decoder stages (a job like configs/t2i_unclip_shapes.py trains '
+                       'them); use route="guided".')
 
   def _seeds(self, num: int, seeds: Sequence[int] | None, seed: int) -> list[int]:
     seeds = list(range(seed, seed + num)) if seeds is None else list(seeds)
@@ -97,11 +148,23 @@ class TextToImage:
   # --- the API ------------------------------------------------------------------------------------------
   def __call__(self, prompts: str | Sequence[str], negative_prompt: str | None = None, guidance: float | None = None,
                seeds: Sequence[int] | None = None, seed: int = 0, sampler: str | None = None,
-               steps: int | None = None) -> tuple[np.ndarray, int]:
-    """(images (N, H, W, C) in [-1, 1], score evaluations per image) for `prompts` ('' = unconditional)."""
+               steps: int | None = None, route: str | None = None,
+               prior_guidance: float | None = None) -> tuple[np.ndarray, int]:
+    """(images (N, H, W, C) in [-1, 1], score evaluations per image) for `prompts` ('' = unconditional).
+
+    `route` 'guided' (the default where the model has it) or 'prior'. On the prior road `guidance`, `sampler`
+    and `steps` are the decoder's, `prior_guidance` and `negative_prompt` the prior's, and the evaluations
+    counted are both stages'."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     seeds = self._seeds(len(prompts), seeds, seed)
-    return self._run(prompts, negative_prompt, guidance, self._noise(seeds), seeds, self._options(sampler, steps))
+    route = route or self.route
+    self._need(route)
+    options = self._options(sampler, steps)
+    if route == 'guided':
+      return self._run(prompts, negative_prompt, guidance, self._noise(self.task, seeds), seeds, options)
+    embeddings, prior_nfe = self.sample_embeddings(prompts, negative_prompt, prior_guidance, seeds)
+    images, nfe = self.decode(embeddings, guidance, seeds, sampler=sampler, steps=steps)
+    return images, prior_nfe + nfe
 
   def img2img(self, images: np.ndarray, prompts: str | Sequence[str], strength: float = 0.6, **kwargs):
     """SDEdit: encode, noise to t = strength * T, denoise guided by the prompts."""
@@ -116,11 +179,12 @@ class TextToImage:
 
   def _edit(self, images, prompts, strength, mask, negative_prompt=None, guidance=None, seeds=None, seed=0,
             sampler=None, steps=None):
+    self._need('guided')
     prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
     seeds = self._seeds(len(prompts), seeds, seed)
     latents = np.asarray(self.task.to_data(jnp.asarray(images, jnp.float32)))
     sde, t_start = self.task.sde, strength * self.task.sde.T
-    noise = self._noise(seeds)
+    noise = self._noise(self.task, seeds)
     options, known = dict(self._options(sampler, steps)), None
     if mask is None:
       alpha, sigma = sde.marginal_coefficients(jnp.full((len(latents),), t_start))
@@ -134,11 +198,17 @@ class TextToImage:
       x = noise
     return self._run(prompts, negative_prompt, guidance, x, seeds, tuple(sorted(options.items())), known)
 
-  def interpolate(self, prompt_a: str, prompt_b: str, num: int = 8, seed: int = 0, guidance: float | None = None,
-                  **kwargs) -> np.ndarray:
-    """Images along a straight path between the two prompts' text features, under one fixed noise."""
+  def interpolate(self, a: str | np.ndarray, b: str | np.ndarray, num: int = 8, seed: int = 0,
+                  guidance: float | None = None, **kwargs) -> np.ndarray:
+    """Images along a path from `a` to `b` under one fixed noise: two prompts, along the straight line between
+    their text features (the guided road); two images (H, W, C) in [-1, 1], along the great circle between
+    their unit-norm CLIP image embeddings, decoded (the prior road)."""
+    if not isinstance(a, str):
+      path = semantic.interpolate(*self.embed_images(np.stack([a, b])), num, method='slerp')
+      return self.decode(path, guidance, [seed] * num, **kwargs)[0]
+    self._need('guided')
     task = self.task
-    conds = [task.text_conditioning(self.params, jnp.asarray(task.tokenize(p))) for p in (prompt_a, prompt_b)]
+    conds = [task.text_conditioning(self.params, jnp.asarray(task.tokenize(p))) for p in (a, b)]
     weights = np.linspace(0.0, 1.0, num)
     mix = {k: (conds[0][k] * (1 - weights[:, None, None]) + conds[1][k] * weights[:, None, None]) if k == 'context'
            else (conds[0][k] | conds[1][k]) if k == 'context_mask'
@@ -147,7 +217,69 @@ class TextToImage:
     null = task.keep_only(mix, jnp.zeros((num,), bool))
     guidance = task.guidance if guidance is None else guidance
     score = task.guided_score_fn(self.params, mix, null, guidance)
-    noise = jnp.asarray(np.repeat(self._noise([seed]), num, axis=0))
+    noise = jnp.asarray(np.repeat(self._noise(task, [seed]), num, axis=0))
     x, _ = sampling.sample(jax.random.PRNGKey(seed), task.sde, score, noise.shape, x_start=noise,
                            **{**task.sampling, **kwargs})
     return np.asarray(jnp.clip(task.to_images(x), -1.0, 1.0))
+
+  # --- the prior road: image embeddings -------------------------------------------------------------------
+  def embed_images(self, images: np.ndarray) -> np.ndarray:
+    """Unit-norm CLIP image embeddings (N, D) of images (N, H, W, C) in [-1, 1]."""
+    return batching.map_in_batches(self.clip.task.encode_images, self.clip.params, np.asarray(images, np.float32),
+                                   min(self.batch_size, len(images)))
+
+  def embed_text(self, prompts: Sequence[str]) -> np.ndarray:
+    """Unit-norm CLIP text embeddings (N, D) of prompts."""
+    return self.clip.task.encode_text(self.clip.params, list(prompts))
+
+  def sample_embeddings(self, prompts: Sequence[str], negative_prompt: str | None = None,
+                        guidance: float | None = None, seeds: Sequence[int] | None = None,
+                        seed: int = 0) -> tuple[np.ndarray, int]:
+    """(unit-norm image embeddings (N, D) the prior draws for `prompts`, its score evaluations per sample)."""
+    self._need('prior')
+    prompts = list(prompts)
+    seeds = self._seeds(len(prompts), seeds, seed)
+    task, params = self.prior.task, self.prior.params
+    guidance = self._guidance(task, guidance)
+    inputs = {'noise': self._noise(task, seeds, stream=1), **self._prompt_inputs(task, prompts, negative_prompt, seeds)}
+
+    def generate(params, batch):
+      embeddings, nfe = task.sample_embeddings(params, jnp.asarray(batch['noise']), batch['tokens'], batch['negatives'],
+                                               batch['use_text'], guidance, jax.random.PRNGKey(batch['seed'][0]))
+      return {'embeddings': embeddings, 'nfe': np.full(len(embeddings), int(nfe))}
+    out = batching.map_in_batches(generate, params, inputs, min(self.batch_size, len(prompts)))
+    return out['embeddings'], int(out['nfe'][0])
+
+  def decode(self, embeddings: np.ndarray, guidance: float | None = None, seeds: Sequence[int] | None = None,
+             seed: int = 0, sampler: str | None = None, steps: int | None = None) -> tuple[np.ndarray, int]:
+    """(images decoded from image embeddings (N, D), score evaluations per image), one seed each."""
+    self._need('prior')
+    embeddings = np.asarray(embeddings, np.float32)
+    seeds = self._seeds(len(embeddings), seeds, seed)
+    task, options = self.decoder.task, self._options(sampler, steps)
+    guidance = self._guidance(task, guidance)
+    inputs = {'noise': self._noise(task, seeds), 'embeddings': embeddings, 'seed': np.asarray(seeds, np.uint32)}
+
+    def generate(params, batch):
+      images, nfe = task.sample_images(params, jnp.asarray(batch['noise']), batch['embeddings'], guidance,
+                                       jax.random.PRNGKey(batch['seed'][0]), options=options)
+      return {'images': images, 'nfe': np.full(len(images), int(nfe))}
+    out = batching.map_in_batches(generate, self.decoder.params, inputs, min(self.batch_size, len(embeddings)))
+    return out['images'], int(out['nfe'][0])
+
+  def variations(self, image: np.ndarray, num: int = 8, seed: int = 0, **kwargs) -> np.ndarray:
+    """`num` images decoded from the embedding of `image` (H, W, C) in [-1, 1] with seeds seed, seed + 1, ..."""
+    embedding = self.embed_images(np.asarray(image)[None])
+    return self.decode(np.repeat(embedding, num, axis=0), seeds=range(seed, seed + num), **kwargs)[0]
+
+  def text_diff(self, image: np.ndarray, from_text: str, to_text: str, amounts: Sequence[float] = (0, .25, .5, .75),
+                seed: int = 0, **kwargs) -> np.ndarray:
+    """DALL-E 2's text diff: the image's embedding turned towards normalize(text(to) - text(from)) by each of
+    `amounts` (the share of the great circle from one to the other), decoded under one fixed noise."""
+    if any(not 0 <= a <= 1 for a in amounts):
+      raise ValueError(f'amounts must lie in [0, 1] (0: the image itself), got {list(amounts)}.')
+    image_embedding = self.embed_images(np.asarray(image)[None])[0]
+    direction = np.subtract(*self.embed_text([to_text, from_text]))
+    direction /= np.linalg.norm(direction)
+    path = semantic.slerp(image_embedding, direction, amounts)
+    return self.decode(path, seeds=[seed] * len(path), **kwargs)[0]

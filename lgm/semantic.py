@@ -86,20 +86,35 @@ def interpolate(z0, z1, num: int, method: str = 'slerp') -> np.ndarray:
   start, end = np.asarray(z0), np.asarray(z1)
   if start.shape != end.shape:
     raise ValueError(f'endpoints differ in shape: {start.shape} vs {end.shape}')
-  a, b = start.astype(np.float64).ravel(), end.astype(np.float64).ravel()
-  t = np.linspace(0.0, 1.0, num)[:, None]
-  points = (1.0 - t) * a + t * b
-  norm_a, norm_b = np.linalg.norm(a), np.linalg.norm(b)
-  if method == 'slerp' and norm_a > 0 and norm_b > 0:
-    unit_a, unit_b = a / norm_a, b / norm_b
-    angle = np.arccos(np.clip(unit_a @ unit_b, -1.0, 1.0))
-    if np.sin(angle) > 1e-6:
-      directions = (np.sin((1.0 - t) * angle) * unit_a + np.sin(t * angle) * unit_b) / np.sin(angle)
-      points = ((1.0 - t) * norm_a + t * norm_b) * directions
+  weights = np.linspace(0.0, 1.0, num)
+  points = slerp(start, end, weights) if method == 'slerp' else lerp(start, end, weights)
   dtype = np.result_type(start.dtype, end.dtype, np.float32)
-  path = points.reshape(num, *start.shape).astype(dtype)
+  path = points.astype(dtype)
   path[0], path[-1] = start, end  # exact, whatever the rounding of the weights
   return path
+
+
+def lerp(z0, z1, weights) -> np.ndarray:
+  """Points (1 - w) z0 + w z1 for each weight w, in float64: shape (len(weights), *z0.shape)."""
+  a, b = np.asarray(z0, np.float64), np.asarray(z1, np.float64)
+  w = np.asarray(weights, np.float64).reshape(-1, *[1] * a.ndim)
+  return (1.0 - w) * a + w * b
+
+
+def slerp(z0, z1, weights) -> np.ndarray:
+  """Points at each weight w (0 at z0, 1 at z1) along the great circle of the flattened vectors, their norm
+  changing linearly (for unit vectors: on the unit sphere); `lerp` where the circle is undefined."""
+  a, b = np.asarray(z0, np.float64), np.asarray(z1, np.float64)
+  norm_a, norm_b = np.linalg.norm(a), np.linalg.norm(b)
+  if norm_a == 0 or norm_b == 0:
+    return lerp(a, b, weights)
+  unit_a, unit_b = a / norm_a, b / norm_b
+  angle = np.arccos(np.clip(np.sum(unit_a * unit_b), -1.0, 1.0))
+  if np.sin(angle) <= 1e-6:
+    return lerp(a, b, weights)
+  w = np.asarray(weights, np.float64).reshape(-1, *[1] * a.ndim)
+  directions = (np.sin((1.0 - w) * angle) * unit_a + np.sin(w * angle) * unit_b) / np.sin(angle)
+  return ((1.0 - w) * norm_a + w * norm_b) * directions
 
 
 # --- nearest neighbours ---------------------------------------------------------------------------

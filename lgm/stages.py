@@ -30,7 +30,7 @@ from lgm import tokenizer as tokenizer_lib
 from lgm.data import loader as loader_lib
 from lgm.data import sources
 from lgm.tasks import Task, Trained, task_class
-from lgm.tasks.text_to_image import measure_latent_scale
+from lgm.tasks.conditional import measure_latent_scale
 from lgm.train import checkpoints as checkpoints_lib
 from lgm.train import state as state_lib
 from lgm.train import workdir as workdir_lib

@@ -23,6 +23,7 @@ from lgm import batching, evaluation, files, stages
 from lgm import images as image_lib
 from lgm.data import loader as loader_lib
 from lgm.pipeline import SCORE_STAGE, TextToImage
+from lgm.reports import unclip as unclip_report
 from lgm.tasks.attributes import read_attributes
 from lgm.train import metrics as metrics_lib
 
@@ -35,13 +36,19 @@ def evaluate(workdir: str, report: ml_collections.ConfigDict, num: int | None = 
   The same figures for two references, tagged `real` (the held-out images themselves) and `vae` (their
   VAE reconstructions: the most the decoder lets a generated image show). With a classifier, the
   confusion counts of every attribute (`confusion_<attribute>=<asked>><read>_<tag>`).
+
+  Each road of `report.routes` ('guided', tagged g<guidance>; 'prior', tagged prior_g<guidance>) and each
+  baseline of `report.baselines` (the decoder fed 'text_embedding' or the 'nearest_image' training embedding)
+  is measured at every guidance; with `report.diversity_prompts`, their diversity; with `report.variations`,
+  the decoder's variations of held-out images (`lgm.reports.unclip`).
   Also writes DIR/samples/prompts.png (the report's prompt grid)."""
   pipe = TextToImage.from_workdir(workdir)
   classifier = (stages.load_stage(workdir, report.classifier_stage, 'classifier')
                 if report.classifier_stage else None)
-  clip = pipe.task.clip
+  clip = pipe.clip
   num = num or report.num_images
-  held_out, _ = loader_lib.load_arrays(pipe.task.config, pipe.task.config.data.eval_split, num)
+  config = (pipe.task or pipe.decoder.task).config
+  held_out, _ = loader_lib.load_arrays(config, config.data.eval_split, num)
   prompts = [str(c) for c in held_out['caption']]
   real = _embed_images(clip, held_out['image'])
   real_stats = evaluation.gaussian_statistics(real)
@@ -60,33 +67,48 @@ def evaluate(workdir: str, report: ml_collections.ConfigDict, num: int | None = 
     out['fid_clip'] = evaluation.frechet_distance(*real_stats, *evaluation.gaussian_statistics(features))
     return {f'{k}_{tag}': v for k, v in out.items()}
 
-  metrics = {**measure(held_out['image'], 'real'), **measure(_reconstruct(pipe.task, held_out['image']), 'vae')}
+  autoencoded = _reconstruct(pipe.decoder.task if pipe.task is None else pipe.task, held_out['image'])
+  metrics = {**measure(held_out['image'], 'real'), **measure(autoencoded, 'vae')}
+  roads = unclip_report.roads(pipe, config, report)
   for guidance in report.guidances:
-    start = time.perf_counter()
-    generated, nfe = pipe(prompts, guidance=guidance, seeds=range(len(prompts)))
-    seconds = time.perf_counter() - start
-    tag = f'g{guidance:g}'
-    metrics.update(measure(generated, tag))
-    metrics[f'nfe_{tag}'] = nfe
-    metrics[f'images_per_sec_{tag}'] = len(prompts) / seconds
+    for name, generate in roads.items():
+      tag = route_tag(name, guidance)
+      start = time.perf_counter()
+      generated, nfe = generate(prompts, guidance, range(len(prompts)))
+      seconds = time.perf_counter() - start
+      metrics.update(measure(generated, tag))
+      metrics.update({f'{key}_{tag}': n for key, n in nfe.items()})
+      metrics[f'images_per_sec_{tag}'] = len(prompts) / seconds
+      if report.get('diversity_prompts'):
+        metrics[f'diversity_{tag}'] = unclip_report.diversity(pipe, generate, prompts[:report.diversity_prompts],
+                                                              guidance)
   metrics['num_images'] = len(prompts)
   metrics['caption_retrieval_chance'] = 1 / len(set(prompts))
   if classifier is not None and report.get('negative_images_per_value'):
     metrics.update(negative_prompt_effect(pipe, classifier, report.negative_images_per_value,
                                           max(report.guidances)))
-  step = pipe.step
+  if report.get('variations'):
+    metrics.update(unclip_report.variations(pipe, classifier, held_out, report.variations))
+  step = pipe.step if pipe.task is not None else pipe.decoder.step
   writer = metrics_lib.MetricsWriter(workdir)
   writer.write(step, {f'eval/{k}': v for k, v in metrics.items()})
   writer.close()
   if jax.process_index() == 0:
     grid_prompts = list(report.prompts) or prompts[:GRID_PROMPTS]
-    grid, _ = pipe(grid_prompts, guidance=max(report.guidances), seeds=range(len(grid_prompts)))
-    image_lib.save_grid(os.path.join(workdir, 'samples', 'prompts.png'), grid, ncol=len(grid_prompts) // 2 or 1,
-                        upscale=2)
+    rows = [roads[name](grid_prompts, max(report.guidances), range(len(grid_prompts)))[0] for name in roads]
+    image_lib.save_grid(os.path.join(workdir, 'samples', 'prompts.png'), np.concatenate(rows),
+                        ncol=len(grid_prompts) // (2 if len(rows) == 1 else 1) or 1, upscale=2)
     if classifier is not None and report.get('negative_images_per_value'):
       words = [values[0] for values in classifier.task.value_names.values()]
       negative_prompt_grid(pipe, words, max(report.guidances), os.path.join(workdir, 'samples', 'negative_prompts.png'))
+    if pipe.decoder is not None:
+      unclip_report.figures(pipe, held_out, os.path.join(workdir, 'samples'))
   return metrics
+
+
+def route_tag(name: str, guidance: float) -> str:
+  """The metrics' tag of a road or baseline at a guidance: g3 (the guided road), prior_g3, nearest_image_g3."""
+  return f'g{guidance:g}' if name == 'guided' else f'{name}_g{guidance:g}'
 
 
 def negative_prompt_grid(pipe, words: list[str], guidance: float, path: str, num: int = GRID_PROMPTS) -> str:
@@ -145,43 +167,64 @@ def _embed_images(clip, images: np.ndarray, batch_size: int = 250) -> np.ndarray
 
 
 REFERENCES = (('real', 'held-out images (reference)'), ('vae', 'their VAE reconstructions (ceiling)'))
+ROUTE_NAMES = {'guided': 'guided', 'prior': 'prior', 'text_embedding': 'baseline: text embedding',
+               'nearest_image': 'baseline: nearest training image'}
+BASELINE_NAMES = ('text_embedding', 'nearest_image')
 
 
 def write(workdir: str, config: ml_collections.ConfigDict, metrics: dict[str, float],
           seconds: dict[str, float]) -> str:
   """DIR/report.md: the figures of the run (the references, then each guidance), the confusion tables of the
   best guidance, the negative prompts, the prompt grid, the time per stage."""
-  score = config[SCORE_STAGE]
+  score = config[SCORE_STAGE if SCORE_STAGE in config.stage_order else 'decoder']
   guidances = list(config.report.guidances)
-  attributes = sorted({k[len('fidelity_'):].rsplit('_g', 1)[0] for k in metrics
-                       if k.startswith('fidelity_') and k.endswith(f'_g{guidances[0]:g}')})
+  attributes = sorted(k[len('fidelity_'):-len('_real')] for k in metrics
+                      if k.startswith('fidelity_') and k.endswith('_real'))
+  names = [*config.report.get('routes', ('guided',)), *config.report.get('baselines', ())]
+  diverse = any(k.startswith('diversity_') for k in metrics)
+  first = route_tag(names[0], guidances[0])
   lines = [f'# Text-to-image report: {workdir}', '',
            f"{int(metrics['num_images'])} images generated from held-out `{score.data.dataset}` captions, "
            'one seed each; '
-           f"sampler `{score.sampling.method}` ({metrics[f'nfe_g{guidances[0]:g}']} score evaluations per image, "
+           f"sampler `{score.sampling.method}` ({metrics[f'nfe_{first}']} score evaluations per image, "
            'each a conditional + unconditional pair); EMA parameters.'
            + (f' Fidelity: the classifier of stage `{config.report.classifier_stage}` (trained on real images) '
               'reads each generated image.' if attributes else '')
            + ' Caption retrieval: the share of images whose nearest distinct held-out caption (CLIP) is their own '
            f"prompt (chance {metrics['caption_retrieval_chance']:.3f}). The first rows measure the held-out images "
-           'and their reconstructions by the VAE the same way.', '',
-           '| images | ' + ' | '.join(f'fidelity_{a}' for a in attributes)
-           + ' | caption retrieval | CLIP score | FID (CLIP features) | images/s |',
-           '|---' * (len(attributes) + 5) + '|']
+           'and their reconstructions by the VAE the same way.']
+  if 'prior' in names:
+    tag = route_tag('prior', guidances[0])
+    lines += ['', f"The prior road: the prior samples a CLIP image embedding from the caption "
+              f"({metrics[f'nfe_prior_stage_{tag}']} evaluations, guidance {config.prior.sampling_guidance:g}), "
+              f"the decoder decodes it ({metrics[f'nfe_decoder_stage_{tag}']} evaluations) at the guidance of the row. "
+              'Baselines (DALL-E 2\'s): the decoder fed the caption\'s text embedding, or the embedding of the '
+              'training image nearest to it.' + (f' Diversity: the mean pairwise distance, in CLIP image space, of '
+                                                 f'16 samples of each of {config.report.diversity_prompts} prompts.'
+                                                 if diverse else '')]
+  lines += ['', '| images | ' + ' | '.join(f'fidelity_{a}' for a in attributes)
+            + ' | caption retrieval | CLIP score | FID (CLIP features) |' + (' diversity |' if diverse else '')
+            + ' images/s |', '|---' * (len(attributes) + 5 + diverse) + '|']
   rows = [(tag, name) for tag, name in REFERENCES if f'clip_score_{tag}' in metrics]
-  rows += [(f'g{g:g}', f'guidance {g:g}') for g in guidances]
+  rows += [(route_tag(n, g), f'{ROUTE_NAMES[n] + ", " if len(names) > 1 else ""}guidance {g:g}')
+           for g in guidances for n in names]
   for tag, name in rows:
     cells = [f"{metrics[f'fidelity_{a}_{tag}']:.3f}" for a in attributes]
     cells += [f"{metrics[f'caption_retrieval_{tag}']:.3f}", f"{metrics[f'clip_score_{tag}']:.2f}",
-              '–' if tag == 'real' else f"{metrics[f'fid_clip_{tag}']:.4f}",
-              f"{metrics[f'images_per_sec_{tag}']:.1f}" if f'images_per_sec_{tag}' in metrics else '–']
+              '–' if tag == 'real' else f"{metrics[f'fid_clip_{tag}']:.4f}"]
+    if diverse:
+      cells.append(f"{metrics[f'diversity_{tag}']:.3f}" if f'diversity_{tag}' in metrics else '–')
+    cells.append(f"{metrics[f'images_per_sec_{tag}']:.1f}" if f'images_per_sec_{tag}' in metrics else '–')
     lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
-  if attributes:
-    best = max(guidances, key=lambda g: metrics[f'fidelity_all_g{g:g}'])
-    lines += ['', f'What the classifier read in the images generated at guidance {best:g} (rows: asked, columns: read):']
+  for road in [n for n in names if n not in BASELINE_NAMES] if attributes else []:
+    best = max(guidances, key=lambda g: metrics[f'fidelity_all_{route_tag(road, g)}'])
+    lines += ['', f'What the classifier read in the images generated by the {ROUTE_NAMES[road]} road at guidance '
+              f'{best:g} (rows: asked, columns: read):']
     for a in attributes:
       if a != 'all':
-        lines += ['', *confusion_table(metrics, a, f'g{best:g}')]
+        lines += ['', *confusion_table(metrics, a, route_tag(road, best))]
+  if 'variations' in metrics:
+    lines += ['', *unclip_report.variation_lines(metrics, config.decoder.sampling_guidance)]
   negatives = [a for a in attributes if f'negative_{a}_with' in metrics]
   if negatives:
     per_value = int(metrics['negative_images_per_value'])
@@ -201,7 +244,8 @@ def write(workdir: str, config: ml_collections.ConfigDict, metrics: dict[str, fl
     words = ', '.join(f'"{word}"' for word in _first_values(metrics))
     lines += ['', '![negative prompts](samples/negative_prompts.png)', '',
               f'The empty prompt (first row), then the same seeds with the negative prompt {words} (one row each).']
-  lines += ['', '![prompt grid](samples/prompts.png)', '', 'Prompts (row-major): ' +
+  lines += ['', '![prompt grid](samples/prompts.png)', '', 'Prompts (row-major' +
+            (f'; one row per road: {", ".join(n for n in names)}' if len(names) > 1 else '') + '): ' +
             ('; '.join(f'"{p}"' for p in config.report.prompts) or f'the first {GRID_PROMPTS} held-out captions'),
             '', '| stage | seconds |', '|---|---|']
   lines += [f'| {name} | {s:.0f} |' for name, s in seconds.items()]

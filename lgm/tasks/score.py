@@ -5,6 +5,7 @@ The task joins the generic pieces (`lgm.sde`, `lgm.losses`' score losses, `lgm.s
   VP / sub-VP, continuous (DSM) training: time_cond = 999 t,   score = -output / sigma(t)
   VP, discrete DDPM training:             time_cond = index i, score = -output / sqrt(1 - alphabar_i)
   VE:                                     time_cond = sigma(t), score = output (the net divides by sigma)
+  `prediction = 'data'` (continuous VP / sub-VP): the output is the clean data x0, score = (alpha x0 - x) / sigma^2
 Data live in [-1, 1] (`data.centered`) or [0, 1]; images handed in and out are always [-1, 1].
 """
 
@@ -23,6 +24,7 @@ from lgm.models import build_model
 from lgm.tasks.base import Task
 
 PyTree = Any
+PREDICTIONS = ('epsilon', 'data')  # what the network outputs (VE networks output the score itself)
 
 
 class ScoreTask(Task):
@@ -40,12 +42,19 @@ class ScoreTask(Task):
     if required is not None and not isinstance(self.sde, required):
       raise ValueError(f'loss {config.loss.name!r} needs sde.name={required.__name__.lower()!r}')
     self.loss_name = config.loss.name
+    self.prediction = config.get('prediction', 'epsilon')
+    if self.prediction not in PREDICTIONS:
+      raise ValueError(f'unknown prediction {self.prediction!r}; valid: {list(PREDICTIONS)}')
+    if self.prediction == 'data' and (isinstance(self.sde, sde_lib.VESDE) or self.loss_name not in ('dsm', 'x0')):
+      raise ValueError("prediction='data' needs a VP or sub-VP SDE and a continuous loss (loss.name 'dsm' or 'x0').")
     # Training may draw its times from another distribution than U(eps, T); evaluation keeps the
     # uniform one, so that `eval/loss` of runs trained differently stays comparable.
     self.loss_options = {'reduce_mean': config.loss.reduce_mean}
     self.train_loss_options = self.loss_options
-    if self.loss_name == 'dsm':
-      self.loss_options.update(eps=config.loss.eps, likelihood_weighting=config.loss.likelihood_weighting)
+    if self.loss_name in ('dsm', 'x0'):
+      self.loss_options['eps'] = config.loss.eps
+      if self.loss_name == 'dsm':
+        self.loss_options['likelihood_weighting'] = config.loss.likelihood_weighting
       distribution = config.loss.get('time_distribution', 'uniform')
       if distribution not in losses.TIME_DISTRIBUTIONS:
         raise ValueError(f'loss.time_distribution={distribution!r}; valid: {list(losses.TIME_DISTRIBUTIONS)}')
@@ -92,6 +101,9 @@ class ScoreTask(Task):
                              **conditioning).astype(jnp.float32)
       if isinstance(self.sde, sde_lib.VESDE):
         return out
+      if self.prediction == 'data':
+        alpha, sigma = self.sde.marginal_coefficients(t)
+        return (sde_lib.broadcast_to(alpha, x) * out - x) / sde_lib.broadcast_to(sigma ** 2, x)
       return -out / sde_lib.broadcast_to(self._sigma(t), out)
     return score
 
