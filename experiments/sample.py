@@ -4,10 +4,14 @@ python -m experiments.sample --workdir=runs/vae_shapes --out=samples.png [--num=
 python -m experiments.sample --workdir=runs/sde_vp_shapes --out=samples.png [--sampler=edm_heun --steps=12]
 python -m experiments.sample --workdir=runs/t2i_shapes --prompt="a large red circle in the top left" --out=x.png \
     [--negative_prompt=...] [--guidance=3] [--sampler=dpm_solver --steps=19] [--num=16] [--seed=0]
+python -m experiments.sample --workdir=runs/t2i_unclip --route=prior --prompt="a small blue square" --out=p.png
+python -m experiments.sample --workdir=runs/t2i_unclip --init_image=photo.png --num=8 --out=variations.png
 
 A VAE samples by decoding N(0, I) latents. A score model reverses its SDE with `config.sampling`,
 `--sampler` (a method of lgm.sampling) and `--steps` overriding it. A text-to-image job (or its score
-stage) draws --num images of --prompt, image i from seed --seed + i (no --prompt: unconditional).
+stage) draws --num images of --prompt, image i from seed --seed + i (no --prompt: unconditional);
+`--route=prior` takes the unCLIP road of a job that has one (prior, then embedding decoder), and
+`--init_image` draws variations of an image (resized to the model's size) through its decoder.
 Each model takes only the flags that apply to it (`Task.sample_flags`) and refuses the others.
 """
 
@@ -24,6 +28,8 @@ _NEGATIVE = flags.DEFINE_string('negative_prompt', None, 'Negative prompt (text-
 _SAMPLER = flags.DEFINE_string('sampler', None, 'Sampler name (diffusion models).')
 _STEPS = flags.DEFINE_integer('steps', None, 'Sampler steps (diffusion models).')
 _GUIDANCE = flags.DEFINE_float('guidance', None, 'Guidance scale (diffusion models).')
+_ROUTE = flags.DEFINE_enum('route', None, ['guided', 'prior'], 'Text-to-image road (jobs with a prior and decoder).')
+_INIT_IMAGE = flags.DEFINE_string('init_image', None, 'Image whose variations to draw (jobs with a decoder).')
 flags.mark_flags_as_required(['workdir', 'out'])
 
 
@@ -51,10 +57,22 @@ def main(argv):
   else:
     trained = stages.load_trained(_WORKDIR.value)
     pipe = TextToImage(trained.task, trained.params, trained.step) if trained.task.generates_from_text else None
+  if pipe is None and (_ROUTE.value or _INIT_IMAGE.value):
+    raise ValueError(f'--route and --init_image need a text-to-image job; {_WORKDIR.value} holds a '
+                     f'{trained.config.task} model.')
+  if pipe is not None and _INIT_IMAGE.value:
+    if _PROMPT.value or _NEGATIVE.value:
+      raise ValueError('--init_image draws variations of the image alone; leave out --prompt and --negative_prompt.')
+    samples = pipe.variations(images.read_image(_INIT_IMAGE.value, pipe.image_shape), _NUM.value, seed=_SEED.value,
+                              guidance=_GUIDANCE.value, sampler=_SAMPLER.value, steps=_STEPS.value)
+    print(f'{_NUM.value} variations of {_INIT_IMAGE.value}')
+    print(images.save_grid(_OUT.value, samples, upscale=2))
+    return
   if pipe is not None:
     samples, nfe = pipe([_PROMPT.value or ''] * _NUM.value, negative_prompt=_NEGATIVE.value,
-                        guidance=_GUIDANCE.value, seed=_SEED.value, sampler=_SAMPLER.value, steps=_STEPS.value)
-    print(f'{_NUM.value} samples, {nfe} guided score evaluations each')
+                        guidance=_GUIDANCE.value, seed=_SEED.value, sampler=_SAMPLER.value, steps=_STEPS.value,
+                        route=_ROUTE.value)
+    print(f'{_NUM.value} samples, {nfe} score evaluations each')
     print(images.save_grid(_OUT.value, samples, upscale=2))
     return
   task = trained.task

@@ -1,4 +1,4 @@
-"""Image arrays to pixels: uint8 conversion, tiled grids and PNG files.
+"""Image arrays to pixels and back: uint8 conversion, tiled grids, PNG files, reading an image file.
 
 Models work on float images in [-1, 1]; people look at uint8 PNGs. Everything that writes pictures
 (trainer, samplers, explore tools) goes through here, so a given array always becomes the same
@@ -90,3 +90,13 @@ def save_grid(path: str, images, ncol: int | None = None, upscale: int = 1) -> s
   applied before tiling, so the lines between tiles stay one pixel wide.
   """
   return save_png(path, make_grid(upscale_nearest(to_rgb_uint8(images), upscale), ncol=ncol))
+
+
+def read_image(path: str, shape: tuple[int, int, int]) -> np.ndarray:
+  """An image file as an (H, W, C) float array in [-1, 1], converted to C channels (1 or 3) and resized to H x W."""
+  height, width, channels = shape
+  with Image.open(path) as image:
+    image = image.convert('L' if channels == 1 else 'RGB').resize((width, height), Image.BICUBIC)
+    array = np.asarray(image, np.float32)
+  return (array.reshape(height, width, channels) / 127.5 - 1.0).astype(np.float32)
+

@@ -73,8 +73,36 @@ def _text_to_image():
   return task, config
 
 
+def _prior():
+  """The unCLIP prior on an untrained CLIP."""
+  from configs import t2i_unclip_shapes
+  clip_config = tiny_clip_config()
+  clip_task = tasks.TASKS['clip'](clip_config, tokenizer=_tokenizer(clip_config))
+  config = t2i_unclip_shapes.prior_config()
+  config.data.dataset, config.data.image_size, config.data.channels = 'digits', 8, 1
+  config.model.width, config.model.layers = 16, 1
+  return tasks.TASKS['prior'](config, clip=_initialised(clip_task, clip_config)), config
+
+
+def _embedding_decoder():
+  """The unCLIP decoder on an untrained 8x8 VAE and CLIP."""
+  from configs import t2i_unclip_shapes
+  vae_task, vae_config = _autoencoding()
+  clip_config = tiny_clip_config()
+  clip_task = tasks.TASKS['clip'](clip_config, tokenizer=_tokenizer(clip_config))
+  config = t2i_unclip_shapes.decoder_config()
+  config.data.dataset, config.data.image_size, config.data.channels = 'digits', 8, 1
+  config.model.nf, config.model.num_res_blocks, config.model.attn_resolutions = 8, 1, (2,)
+  config.embedding.token_width = 8
+  images = np.random.default_rng(0).uniform(-1, 1, (20, 8, 8, 1)).astype(np.float32)
+  task = tasks.TASKS['embedding_decoder'](
+      config, vae=_initialised(vae_task, vae_config), clip=_initialised(clip_task, clip_config),
+      latent_scale=1.5, training_images=lambda: images)
+  return task, config
+
+
 BUILDERS = {'autoencoding': _autoencoding, 'score': _score, 'clip': _clip, 'attributes': _attributes,
-            'text_to_image': _text_to_image}
+            'text_to_image': _text_to_image, 'prior': _prior, 'embedding_decoder': _embedding_decoder}
 
 
 def test_every_registered_task_is_built_here():

@@ -284,7 +284,7 @@ def test_sample_cli_draws_prompts(job, tmp_path):
                            '--prompt=a large red circle in the top left', '--negative_prompt=blue', '--num=2'],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
-  assert '2 samples, 20 guided score evaluations each' in result.stdout
+  assert '2 samples, 20 score evaluations each' in result.stdout
   with PIL.Image.open(out) as image:
     assert min(image.size) >= 64
   result = subprocess.run([sys.executable, '-m', 'experiments.sample', f'--workdir={job[0]}', f'--out={out}',
