@@ -1,5 +1,6 @@
 """Text-to-image: the job end to end on a tiny scale, classifier-free guidance against its definition,
-per-image seeds, the pipeline's bad inputs, and the Fréchet distance against the standard formula."""
+per-image seeds, the pipeline's bad inputs, and the Fréchet distance against the standard formula; the unCLIP
+job (prior and decoder) reusing that job's stages, its report, pipeline and CLI (its unit tests: test_unclip.py)."""
 
 import json
 import os
@@ -16,7 +17,7 @@ import pytest
 import scipy.linalg
 
 from conftest import tree_digest
-from configs import t2i_shapes
+from configs import t2i_shapes, t2i_unclip_shapes
 from lgm import evaluation, jobs, stages
 from lgm.data import shapes, sources
 from lgm.reports import text_to_image as t2i_report
@@ -218,7 +219,7 @@ def test_guidance_is_uncond_plus_scale_times_the_difference(pipe):
     guided = task.guided_score_fn(params, cond, null, g)(x, t)
     np.testing.assert_allclose(guided, s_uncond + g * (s_cond - s_uncond), rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(task.guided_score_fn(params, cond, null, None)(x, t), s_cond, rtol=1e-5, atol=1e-5)
-  noise = jnp.asarray(pipe._noise([0, 0]))  # the pipeline's draws for seed 0
+  noise = jnp.asarray(pipe._noise(task, [0, 0]))  # the pipeline's draws for seed 0
   with_half, _ = task.sample_images(params, noise, *(jnp.asarray(task.tokenize(['a red circle'] * 2)),) * 2,
                                     jnp.array([[True, False]] * 2), jnp.float32(1.0), jax.random.PRNGKey(0))
   alone, _ = pipe(['a red circle'] * 2, guidance=1.0, seeds=[0, 0])  # the pipeline's guidance 1: s_c alone
@@ -370,3 +371,102 @@ def test_cached_latents_train_exactly_as_the_encoder(job):
   config.latent.cache = True
   with pytest.raises(ValueError, match='random_flip=False'):
     stages.build_task(config, workdir)
+
+
+# --- the unCLIP road, on the tiny job above --------------------------------------------------------------
+
+def tiny_unclip_config(reuse=''):
+  config = shrink(t2i_unclip_shapes.get_config(reuse))
+  config.report.prompts = config.report.prompts[:4]
+  config.report.negative_images_per_value = 0
+  for name in ('prior', 'decoder'):
+    c = config[name]
+    c.train.num_steps = c.train.checkpoint_every = c.eval.every = 20
+    c.train.log_every = 10
+    c.eval.num_examples = 16
+    c.eval.batch_size = 8
+  config.prior.model.width = 32
+  config.prior.model.layers = 1
+  config.decoder.model.nf = 16
+  config.decoder.embedding.token_width = 16
+  config.decoder.latent.scale_examples = 200
+  config.decoder.latent.cache = False
+  config.decoder.sampling.num_samples = 4
+  config.report.diversity_prompts = 2
+  config.report.variations = 32
+  return config
+
+
+@pytest.fixture(scope='module')
+def unclip_job(job, tmp_path_factory):
+  """configs/t2i_unclip_shapes.py at seconds scale, reusing the tiny main job's four stages."""
+  workdir = str(tmp_path_factory.mktemp('unclip'))
+  return job[0], workdir, jobs.run_job(tiny_unclip_config(job[0]), workdir)
+
+
+def test_the_job_reuses_the_main_jobs_stages_and_reports_both_roads(unclip_job):
+  main, workdir, metrics = unclip_job
+  for stage in ('vae', 'clip', 'classifier', 'score'):
+    assert os.path.realpath(os.path.join(workdir, stage)) == os.path.realpath(os.path.join(main, stage))
+  for stage in ('prior', 'decoder'):
+    assert os.path.isdir(os.path.join(workdir, stage, 'checkpoints'))
+  for tag in ('g1', 'g3', 'prior_g1', 'prior_g3', 'text_embedding_g3', 'nearest_image_g3'):
+    for key in ('fidelity_all', 'clip_score', 'fid_clip', 'diversity', 'images_per_sec'):
+      assert f'{key}_{tag}' in metrics
+  assert metrics['nfe_prior_stage_prior_g3'] == 20 and metrics['nfe_decoder_stage_prior_g3'] == 20
+  assert metrics['nfe_prior_g3'] == 40
+  assert metrics['variations'] == 32 and 0 <= metrics['variations_keep_all'] <= 1
+  report = open(os.path.join(workdir, 'report.md')).read()
+  for row in ('| guided, guidance 3 |', '| prior, guidance 3 |', '| baseline: text embedding, guidance 1 |',
+              '| baseline: nearest training image, guidance 3 |', 'samples/variations.png',
+              'samples/interpolation.png'):
+    assert row in report
+  for figure in ('prompts.png', 'variations.png', 'interpolation.png'):
+    assert os.path.exists(os.path.join(workdir, 'samples', figure))
+
+
+def test_a_reused_stage_must_be_finished(tmp_path, unclip_job):
+  main = unclip_job[0]
+  config = tiny_unclip_config(main)
+  config.score.train.num_steps = 40  # the main job's score stage stopped at 20
+  with pytest.raises(ValueError, match='is not a finished score stage'):
+    jobs.run_job(config, str(tmp_path / 'other'))
+  assert not os.path.exists(tmp_path / 'other')
+
+
+def test_prior_road_pipeline(unclip_job):
+  pipe = TextToImage.from_workdir(unclip_job[1], batch_size=4)
+  prompts = ['a large red circle in the top left', 'a small blue square in the bottom right']
+  images, nfe = pipe(prompts, route='prior', seeds=[3, 4])
+  assert images.shape == (2, 32, 32, 3) and nfe == 40
+  alone, _ = pipe(prompts[1:], route='prior', seeds=[4])  # an image depends on its prompt and seed alone
+  np.testing.assert_allclose(alone[0], images[1], atol=1e-5)
+  guided, _ = pipe(prompts, seeds=[3, 4])
+  assert not np.allclose(guided, images)  # the default road of a job with both is the guided one
+  embeddings, _ = pipe.sample_embeddings(prompts, seeds=[3, 4])
+  np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+  source = images[0]
+  assert pipe.variations(source, 3, seed=0).shape == (3, 32, 32, 3)
+  assert pipe.interpolate(images[0], images[1], 4).shape == (4, 32, 32, 3)
+  assert pipe.text_diff(source, 'red', 'blue', amounts=(0, 0.5)).shape == (2, 32, 32, 3)
+  with pytest.raises(ValueError, match='amounts must lie in'):
+    pipe.text_diff(source, 'red', 'blue', amounts=(1.5,))
+  with pytest.raises(ValueError, match='unknown route'):
+    pipe(prompts, route='pixels')
+
+
+def test_sample_cli_takes_the_prior_road_and_draws_variations(unclip_job, tmp_path):
+  workdir = unclip_job[1]
+  image = tmp_path / 'mine.png'
+  PIL.Image.fromarray(np.full((48, 40, 3), 200, np.uint8)).save(image)  # another size: resized to 32x32
+  for flags, printed in ((['--route=prior', '--prompt=a red circle'], '2 samples, 40 score evaluations each'),
+                         ([f'--init_image={image}'], f'2 variations of {image}')):
+    out = str(tmp_path / 'x.png')
+    result = subprocess.run([sys.executable, '-m', 'experiments.sample', f'--workdir={workdir}', f'--out={out}',
+                             '--num=2', *flags], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert printed in result.stdout
+    assert os.path.exists(out)
+  result = subprocess.run([sys.executable, '-m', 'experiments.sample', f'--workdir={workdir}', f'--out={out}',
+                           f'--init_image={image}', '--prompt=x'], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 2 and 'leave out --prompt' in result.stderr
