@@ -14,6 +14,9 @@ two stages train:
 Then DIR/report.md: both roads at each guidance of `report.guidances` (fidelity, caption retrieval, CLIP score,
 FID on CLIP features, diversity, images/s), the two baselines of DALL-E 2 (the text embedding fed to the decoder
 directly; the nearest training image's embedding), variations of held-out images, an interpolation strip.
+Measured on a 2-core machine, 2026-12-05 (docs/results.md): prior 618 s + decoder 917 s; all four attributes right
+in 0.895 of 1,000 images at decoder guidance 3 with the prior at guidance 1 (0.941 of 256 with the prior at 3);
+variations keep all four in 0.914.
 """
 
 import ml_collections

@@ -80,7 +80,7 @@ def test_loss_and_sde_must_agree():
   with pytest.raises(ValueError, match="loss 'ddpm' needs sde.name='vpsde'"):
     stages.build_task(config)
   config.loss.name = 'sliced'
-  with pytest.raises(ValueError, match=r"valid: \['ddpm', 'dsm', 'smld'\]"):
+  with pytest.raises(ValueError, match=r"valid: \['ddpm', 'dsm', 'smld', 'x0'\]"):
     stages.build_task(config)
 
 
