@@ -71,6 +71,29 @@ class GuidedScoreTask(ScoreTask):
     x = jnp.zeros((1, *self.data_shape), jnp.float32)
     return self.model.init({'params': rng, 'dropout': rng}, x, jnp.ones((1,)), **conditioning)['params']
 
+  # --- what the trainer calls ---------------------------------------------------------------------------
+  def batch_conditioning(self, params: PyTree, batch: dict) -> Conditioning:
+    """The condition of each example of a batch (its caption, its image's embedding, ...)."""
+    raise NotImplementedError
+
+  def batch_data(self, batch: dict, train: bool) -> jax.Array:
+    """The diffusion's data for a batch."""
+    return self.to_data(batch['image'])
+
+  def _conditioned_loss(self, params, batch, rng, train):
+    drop_rng, loss_rng = jax.random.split(rng)
+    conditioning = self.batch_conditioning(params, batch)
+    if train:
+      conditioning = self.drop(conditioning, drop_rng)
+    return self._loss(params, self.batch_data(batch, train), loss_rng, train, **conditioning)
+
+  def loss(self, params: PyTree, batch: dict, rng: jax.Array, train: bool = True):
+    return self._conditioned_loss(params, batch, rng, train), {}
+
+  def evaluate(self, params: PyTree, batch: dict, rng: jax.Array) -> dict[str, jax.Array]:
+    """The denoising loss on held-out data with their conditions."""
+    return {'loss': self._conditioned_loss(params, batch, rng, train=False)}
+
   def guided_score_fn(self, params: PyTree, conditioning: Conditioning, unconditional: Conditioning,
                       guidance: float | jax.Array | None):
     """Classifier-free guidance: s_u + guidance * (s_c - s_u), both halves in one network call
@@ -141,7 +164,7 @@ class LatentScoreTask(GuidedScoreTask):
     with jax.ensure_compile_time_eval():
       return (self.latent_scale * encode_in_batches(self.vae, self._training_images())).astype(np.float32)
 
-  def latents(self, batch: dict, train: bool) -> jax.Array:
+  def batch_data(self, batch: dict, train: bool) -> jax.Array:
     """The batch's scaled latents: from the cache for training batches, else encoded (evaluation reads the
     other split)."""
     if train and self.cache_latents:

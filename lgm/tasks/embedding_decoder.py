@@ -65,19 +65,8 @@ class EmbeddingDecoderTask(LatentScoreTask):
     params['score'] = self.init_network(rng, self.embedding_conditioning(params, jnp.zeros((1, self.embed_dim))))
     return params
 
-  def _conditioned_loss(self, params, batch, rng, train):
-    drop_rng, loss_rng = jax.random.split(rng)
-    conditioning = self.embedding_conditioning(params, self.image_embeddings(batch['image']))
-    if train:
-      conditioning = self.drop(conditioning, drop_rng)
-    return self._loss(params, self.latents(batch, train), loss_rng, train, **conditioning)
-
-  def loss(self, params: PyTree, batch: dict, rng: jax.Array, train: bool = True):
-    return self._conditioned_loss(params, batch, rng, train), {}
-
-  def evaluate(self, params: PyTree, batch: dict, rng: jax.Array) -> dict[str, jax.Array]:
-    """The denoising loss on held-out latents with their images' embeddings."""
-    return {'loss': self._conditioned_loss(params, batch, rng, train=False)}
+  def batch_conditioning(self, params: PyTree, batch: dict) -> Conditioning:
+    return self.embedding_conditioning(params, self.image_embeddings(batch['image']))
 
   # --- generation -------------------------------------------------------------------------------------------
   @functools.partial(jax.jit, static_argnums=0, static_argnames=('options',))

@@ -21,7 +21,7 @@ import ml_collections
 
 from lgm.models.clip import CLIP, l2_normalize
 from lgm.tasks.base import Trained
-from lgm.tasks.conditional import ClipText, GuidedScoreTask
+from lgm.tasks.conditional import Conditioning, ClipText, GuidedScoreTask
 
 PyTree = Any
 
@@ -58,15 +58,8 @@ class PriorTask(ClipText, GuidedScoreTask):
   def init(self, rng: jax.Array) -> PyTree:
     return {'score': self.init_network(rng, self.text_conditioning({}, jnp.asarray(self.tokenize(''))))}
 
-  def _conditioned_loss(self, params, batch, rng, train):
-    drop_rng, loss_rng = jax.random.split(rng)
-    conditioning = self.text_conditioning(params, batch['tokens'])
-    if train:
-      conditioning = self.drop(conditioning, drop_rng)
-    return self._loss(params, self.to_data(batch['image']), loss_rng, train, **conditioning)
-
-  def loss(self, params: PyTree, batch: dict, rng: jax.Array, train: bool = True):
-    return self._conditioned_loss(params, batch, rng, train), {}
+  def batch_conditioning(self, params: PyTree, batch: dict) -> Conditioning:
+    return self.text_conditioning(params, batch['tokens'])
 
   def evaluate(self, params: PyTree, batch: dict, rng: jax.Array) -> dict[str, jax.Array]:
     """The loss on held-out pairs; the cosine between the embedding sampled from each caption (config's

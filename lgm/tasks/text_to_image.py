@@ -22,7 +22,7 @@ import numpy as np
 from lgm import sampling
 from lgm.models.clip import CLIP
 from lgm.tasks.base import Trained
-from lgm.tasks.conditional import ClipText, LatentScoreTask
+from lgm.tasks.conditional import Conditioning, ClipText, LatentScoreTask
 
 PyTree = Any
 
@@ -55,19 +55,8 @@ class TextToImageTask(ClipText, LatentScoreTask):
     params['score'] = self.init_network(rng, self.text_conditioning(params, jnp.asarray(self.tokenize(''))))
     return params
 
-  def _conditioned_loss(self, params, batch, rng, train):
-    drop_rng, loss_rng = jax.random.split(rng)
-    conditioning = self.text_conditioning(params, batch['tokens'])
-    if train:
-      conditioning = self.drop(conditioning, drop_rng)
-    return self._loss(params, self.latents(batch, train), loss_rng, train, **conditioning)
-
-  def loss(self, params: PyTree, batch: dict, rng: jax.Array, train: bool = True):
-    return self._conditioned_loss(params, batch, rng, train), {}
-
-  def evaluate(self, params: PyTree, batch: dict, rng: jax.Array) -> dict[str, jax.Array]:
-    """The denoising loss on held-out latents with their captions."""
-    return {'loss': self._conditioned_loss(params, batch, rng, train=False)}
+  def batch_conditioning(self, params: PyTree, batch: dict) -> Conditioning:
+    return self.text_conditioning(params, batch['tokens'])
 
   # --- generation -------------------------------------------------------------------------------------------
   @functools.partial(jax.jit, static_argnums=0, static_argnames=('options',))
