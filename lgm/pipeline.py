@@ -5,7 +5,7 @@
           decoder's reverse SDE in latent space -> VAE decoder (its `prior` and `decoder` stages,
           `lgm.tasks.prior`, `lgm.tasks.embedding_decoder`).
 
-    pipe = TextToImage.from_workdir('runs/t2i_shapes')
+    pipe = TextToImage.from_workdir('runs/t2i_shapes')     # or .from_pretrained(DIR) of an exported model
     images, nfe = pipe(['a large red circle in the top left'], guidance=3.0, seeds=[0])
     images, nfe = pipe(['a large red circle in the top left'], route='prior', seeds=[0])   # a job with both
 
@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lgm import batching, sampling, semantic, stages
+from lgm import batching, exported, sampling, semantic, stages
 from lgm.tasks import Trained
 from lgm.tasks.text_to_image import TextToImageTask
 
@@ -72,6 +72,13 @@ class TextToImage:
     if not trained.task.generates_from_text:
       raise ValueError(f'{path} holds a {trained.config.task} model, not a text-to-image one.')
     return cls(trained.task, trained.params, trained.step, batch_size, prior, decoder)
+
+  @classmethod
+  def from_pretrained(cls, directory: str, batch_size: int = 64) -> TextToImage:
+    """From an exported model (`lgm.export`): its safetensors parameters, stage configs, tokenizer and latent
+    scale; no checkpoint, optimizer state or data is read."""
+    exported.read_manifest(directory)  # an lgm model, of a format version this lgm reads
+    return cls.from_workdir(directory, batch_size)
 
   @property
   def image_shape(self) -> tuple[int, int, int]:

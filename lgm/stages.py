@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from lgm import exported
 from lgm import files
 from lgm import tokenizer as tokenizer_lib
 from lgm.data import loader as loader_lib
@@ -57,9 +58,15 @@ def load_trained(workdir: str, use_ema: bool | None = None, mesh: jax.sharding.M
   """The task of DIR/config.json with the parameters of its latest readable checkpoint.
 
   EMA parameters when `use_ema` (default: the run's `config.eval.use_ema`). Laid out on `mesh` as in
-  training when given, else on the first device."""
+  training when given, else on the first device. A stage of an exported model (`lgm.export`) loads its
+  params.safetensors instead, the parameters it was exported with."""
   config = workdir_lib.read_config(workdir)
   task = build_task(config, workdir)
+  if exported.is_exported(workdir):
+    params, step = exported.load_params(workdir, jax.eval_shape(task.init, jax.random.PRNGKey(0)))
+    params = jax.device_put(params, jax.devices()[0] if mesh is None else
+                            jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    return Trained(config=config, task=task, params=params, step=step)
   tx, _ = state_lib.make_optimizer(config)
   abstract = jax.eval_shape(state_lib.state_initializer(task.init, tx), jax.random.PRNGKey(0))
   if mesh is None:

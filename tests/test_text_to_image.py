@@ -14,11 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import PIL.Image
 import pytest
+import safetensors.numpy
 import scipy.linalg
 
 from conftest import tree_digest
 from configs import t2i_shapes, t2i_unclip_shapes
-from lgm import evaluation, jobs, stages
+from lgm import evaluation, export, exported, jobs, stages
 from lgm.data import shapes, sources
 from lgm.reports import text_to_image as t2i_report
 from lgm.pipeline import TextToImage
@@ -471,3 +472,47 @@ def test_sample_cli_takes_the_prior_road_and_draws_variations(unclip_job, tmp_pa
   result = subprocess.run([sys.executable, '-m', 'experiments.sample', f'--workdir={workdir}', f'--out={out}',
                            f'--init_image={image}', '--prompt=x'], cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 2 and 'leave out --prompt' in result.stderr
+
+
+# --- export ---------------------------------------------------------------------------------------------
+
+def test_export_then_load_generates_the_same_images_bit_for_bit(unclip_job, tmp_path):
+  workdir, out = unclip_job[1], str(tmp_path / 'model')
+  manifest = export.export(workdir, out)
+  assert sorted(manifest['stages']) == ['clip', 'decoder', 'prior', 'score', 'vae']  # not the classifier
+  assert not [name for _, dirs, _ in os.walk(out) for name in dirs if 'checkpoint' in name]  # no orbax state
+  original = TextToImage.from_workdir(workdir, batch_size=4)
+  loaded = TextToImage.from_pretrained(out, batch_size=4)
+  for a, b in ((original.params, loaded.params), (original.prior.params, loaded.prior.params),
+               (original.decoder.params, loaded.decoder.params), (original.clip.params, loaded.clip.params)):
+    jax.tree.map(np.testing.assert_array_equal, a, b)  # same tree, bitwise
+  prompts = ['a large red circle in the top left', 'a small blue square in the bottom right']
+  for route in ('guided', 'prior'):
+    np.testing.assert_array_equal(loaded(prompts, route=route, seeds=[5, 6])[0],
+                                  original(prompts, route=route, seeds=[5, 6])[0])
+  with open(os.path.join(out, 'README.md')) as f:
+    card = f.read()
+  assert '| score | text_to_image |' in card and 'TextToImage.from_pretrained' in card
+  with pytest.raises(FileExistsError, match='not empty'):
+    export.export(workdir, out)
+  result = subprocess.run([sys.executable, '-m', 'experiments.sample', f'--model={out}', f'--out={tmp_path}/x.png',
+                           '--num=2', '--route=prior', '--prompt=a red circle'],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert '2 samples, 40 score evaluations each' in result.stdout
+
+
+def test_a_newer_export_format_is_refused(unclip_job, tmp_path):
+  out = str(tmp_path / 'model')
+  export.export(unclip_job[0], out)  # the main job: score, vae, clip
+  with open(os.path.join(out, exported.MANIFEST)) as f:
+    manifest = json.load(f)
+  with open(os.path.join(out, exported.MANIFEST), 'w') as f:
+    json.dump({**manifest, 'version': exported.VERSION + 1}, f)
+  with pytest.raises(ValueError, match=f'format version {exported.VERSION + 1}; this lgm reads versions up to'):
+    TextToImage.from_pretrained(out)
+  vae = os.path.join(out, 'vae', exported.PARAMS_FILE)  # a stage file alone is checked too
+  safetensors.numpy.save_file(safetensors.numpy.load_file(vae), vae,
+                              metadata={'format': exported.FORMAT, 'version': str(exported.VERSION + 1)})
+  with pytest.raises(ValueError, match='vae/params.safetensors is an lgm model of format version'):
+    stages.load_trained(os.path.join(out, 'vae'))

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
-from lgm.models import autoencoder, classifier, clip, prior, score_unet
+from lgm.models import autoencoder, classifier, clip, prior, score_unet, text
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     'autoencoder': autoencoder.Autoencoder,
@@ -16,6 +16,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     'ncsnpp': score_unet.NCSNpp,  # NCSN++ and DDPM++ (Song et al. 2021), selected by its fields
     'ddpm': score_unet.DDPM,  # Ho et al. 2020's U-Net
     'clip': clip.CLIP,  # text tower + ViT image tower (lgm.tasks.clip)
+    'text_transformer': text.TextTransformer,  # a text tower alone (a converted CLIP's: lgm.convert)
     'prior_transformer': prior.PriorTransformer,  # the unCLIP prior's denoiser (lgm.tasks.prior)
     'attribute_classifier': classifier.AttributeClassifier,  # the judge of text-to-image fidelity
 }

@@ -3,6 +3,9 @@
 The encoder maps (B, H, W, C) images in [-1, 1] to a small (B, H/f, W/f, z) latent; the decoder maps
 back. f = space_to_depth * 2**(len(ch_mult) - 1): a first free space-to-depth step keeps every
 learned convolution at half resolution or below (full-resolution convolutions are the costliest case on CPU).
+
+With space_to_depth=1, norm_groups=32 and quant_conv=True the same modules take the layout of the LDM /
+Stable Diffusion `AutoencoderKL` (configs/models/sd_vae.py), whose weights `lgm.convert` maps onto them.
 """
 
 from __future__ import annotations
@@ -28,16 +31,18 @@ class _ConvStack(nn.Module):
   space_to_depth: int = 2
   mid_attention: bool = False
   dropout: float = 0.0
+  norm_groups: int | None = None  # None: min(C / 4, 32) groups (`layers.group_norm`)
   dtype: Dtype = jnp.float32
 
   def _conv(self, h: jnp.ndarray, features: int) -> jnp.ndarray:
     return layers.conv3x3(features, layers.lecun_init(), self.dtype)(h)
 
   def _head(self, h: jnp.ndarray, features: int) -> jnp.ndarray:
-    return layers.norm_act_conv(h, features, layers.lecun_init(), self.dtype)
+    return layers.norm_act_conv(h, features, layers.lecun_init(), self.dtype, self.norm_groups)
 
   def _res_block(self, h: jnp.ndarray, train: bool, features: int | None = None) -> jnp.ndarray:
-    block = layers.ResBlock(features, dropout=self.dropout, kernel_init=layers.lecun_init, dtype=self.dtype)
+    block = layers.ResBlock(features, dropout=self.dropout, kernel_init=layers.lecun_init,
+                            norm_groups=self.norm_groups, dtype=self.dtype)
     return block(h, None, train)
 
   def _resample(self, h: jnp.ndarray, up: bool) -> jnp.ndarray:
@@ -47,7 +52,7 @@ class _ConvStack(nn.Module):
     """The lowest-resolution stage shared by encoder and decoder: res, [attention], res."""
     h = self._res_block(h, train)
     if self.mid_attention:
-      h = layers.AttnBlock(kernel_init=layers.lecun_init, dtype=self.dtype)(h)
+      h = layers.AttnBlock(kernel_init=layers.lecun_init, norm_groups=self.norm_groups, dtype=self.dtype)(h)
     return self._res_block(h, train)
 
 
@@ -93,6 +98,8 @@ class Autoencoder(nn.Module):
   space_to_depth: int = 2
   mid_attention: bool = False
   dropout: float = 0.0
+  norm_groups: int | None = None  # None: min(C / 4, 32) groups; Stable Diffusion's: 32
+  quant_conv: bool = False  # 1x1 convs after the encoder and before the decoder (Stable Diffusion's layout)
   init_log_scale: float = -2.0  # decoder noise starts at 0.14 (of the [-1, 1] range): reconstruction leads early
   dtype: Dtype = jnp.float32
 
@@ -102,9 +109,13 @@ class Autoencoder(nn.Module):
   def setup(self):
     shared = dict(ch=self.ch, ch_mult=tuple(self.ch_mult), num_res_blocks=self.num_res_blocks,
                   space_to_depth=self.space_to_depth, mid_attention=self.mid_attention,
-                  dropout=self.dropout, dtype=self.dtype)
-    self.encoder = Encoder(self.latent_channels * self.moments_per_channel, **shared)
+                  dropout=self.dropout, norm_groups=self.norm_groups, dtype=self.dtype)
+    moments = self.latent_channels * self.moments_per_channel
+    self.encoder = Encoder(moments, **shared)
     self.decoder = Decoder(self.image_channels, **shared)
+    if self.quant_conv:
+      self.quant = nn.Conv(moments, (1, 1), dtype=self.dtype, name='quant_conv')
+      self.post_quant = nn.Conv(self.latent_channels, (1, 1), dtype=self.dtype, name='post_quant_conv')
     self.log_scale = self.param('log_scale', nn.initializers.constant(self.init_log_scale), ())
 
   @property
@@ -113,11 +124,12 @@ class Autoencoder(nn.Module):
 
   def encode(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     """Images -> latents (for the VAE: the posterior mean and log-variance, concatenated on channels)."""
-    return self.encoder(x, train)
+    h = self.encoder(x, train)
+    return self.quant(h).astype(jnp.float32) if self.quant_conv else h
 
   def decode(self, z: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     """Latents -> the decoder's mean image, in [-1, 1] model space (not clipped)."""
-    return self.decoder(z, train)
+    return self.decoder(self.post_quant(z) if self.quant_conv else z, train)
 
   def __call__(self, x: jnp.ndarray, train: bool = False) -> dict[str, jnp.ndarray]:
     """What the loss needs: the reconstruction and the observation log-scale."""

@@ -37,18 +37,24 @@ def lecun_init(scale: float = 1.0) -> Initializer:
   return nn.initializers.zeros if scale == 0 else nn.initializers.lecun_normal()
 
 
-def group_norm(channels: int, dtype: Dtype = jnp.float32) -> nn.GroupNorm:
-  """GroupNorm with min(C / 4, 32) groups as in score_sde, reduced to a divisor of C where it is not one."""
-  return nn.GroupNorm(num_groups=math.gcd(max(min(channels // 4, 32), 1), channels), dtype=dtype)
+def group_norm(channels: int, dtype: Dtype = jnp.float32, groups: int | None = None) -> nn.GroupNorm:
+  """GroupNorm with `groups` groups, or by default min(C / 4, 32) as in score_sde, reduced to a divisor of C
+  where it is not one (Stable Diffusion's autoencoder: always 32)."""
+  if groups is None:
+    groups = math.gcd(max(min(channels // 4, 32), 1), channels)
+  elif channels % groups:
+    raise ValueError(f'{channels} channels do not split into {groups} normalisation groups; change one of them.')
+  return nn.GroupNorm(num_groups=groups, dtype=dtype)
 
 
 def conv3x3(features: int, kernel_init: Initializer, dtype: Dtype, stride: int = 1) -> nn.Conv:
   return nn.Conv(features, (3, 3), strides=(stride, stride), kernel_init=kernel_init, dtype=dtype)
 
 
-def norm_act_conv(h: jnp.ndarray, features: int, kernel_init: Initializer, dtype: Dtype) -> jnp.ndarray:
+def norm_act_conv(h: jnp.ndarray, features: int, kernel_init: Initializer, dtype: Dtype,
+                  norm_groups: int | None = None) -> jnp.ndarray:
   """GroupNorm, swish, 3x3 conv: the output head of the networks (and of the score nets' pyramids)."""
-  return conv3x3(features, kernel_init, dtype)(nn.swish(group_norm(h.shape[-1], dtype)(h)))
+  return conv3x3(features, kernel_init, dtype)(nn.swish(group_norm(h.shape[-1], dtype, norm_groups)(h)))
 
 
 def skip_sum(x: jnp.ndarray, h: jnp.ndarray, rescale: bool) -> jnp.ndarray:
@@ -195,6 +201,7 @@ class ResBlock(nn.Module):
   skip_rescale: bool = False
   init_scale: float = 0.0
   kernel_init: Init = ddpm_init
+  norm_groups: int | None = None  # None: `group_norm`'s rule
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -203,14 +210,14 @@ class ResBlock(nn.Module):
       raise ValueError(f"ResBlock kind {self.kind!r}; valid: 'biggan', 'ddpm'")
     in_ch = x.shape[-1]
     out_ch = self.out_ch or in_ch
-    h = nn.swish(group_norm(in_ch, self.dtype)(x))
+    h = nn.swish(group_norm(in_ch, self.dtype, self.norm_groups)(x))
     if self.up or self.down:
       h, x = (resample(y, self.up, self.fir, self.fir_kernel) for y in (h, x))
     h = conv3x3(out_ch, self.kernel_init(1.0), self.dtype)(h)
     if temb is not None:
       bias = nn.Dense(out_ch, kernel_init=self.kernel_init(1.0), dtype=self.dtype)(nn.swish(temb))
       h = h + bias[:, None, None, :]
-    h = nn.swish(group_norm(out_ch, self.dtype)(h))
+    h = nn.swish(group_norm(out_ch, self.dtype, self.norm_groups)(h))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     h = conv3x3(out_ch, self.kernel_init(self.init_scale), self.dtype)(h)
     if in_ch != out_ch or (self.kind == 'biggan' and (self.up or self.down)):
@@ -248,6 +255,7 @@ class AttnBlock(nn.Module):
   skip_rescale: bool = False
   init_scale: float = 0.0
   kernel_init: Init = ddpm_init
+  norm_groups: int | None = None  # None: `group_norm`'s rule
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -258,7 +266,7 @@ class AttnBlock(nn.Module):
       raise ValueError(f'{c} channels do not split into {self.num_heads} heads')
 
     def sublayer(x, kv_source, mask, name):
-      h = group_norm(c, self.dtype)(x).reshape(b, height * width, c)
+      h = group_norm(c, self.dtype, self.norm_groups)(x).reshape(b, height * width, c)
       kv_source = h if kv_source is None else kv_source.astype(self.dtype)
       q, k, v = (nn.Dense(c, kernel_init=self.kernel_init(0.1), dtype=self.dtype, name=f'{name}_{n}')(src)
                  for n, src in (('query', h), ('key', kv_source), ('value', kv_source)))

@@ -6,7 +6,11 @@ causal and the pooled token is the end-of-text token, nothing after it (padding)
 a prompt embeds the same whatever the padding length or the batch it is in.
 
 `tokens` (per-token features after ln_final) and `mask` (True on real tokens, start to end) are what a
-text-conditioned score network cross-attends to.
+text-conditioned score network cross-attends to; `pooled` is the end-of-text feature before projection.
+
+The token ids default to lgm's layout (`lgm.tokenizer`); a converted OpenAI CLIP text tower
+(`lgm.convert.from_openai_clip_text`) sets `end_id=49407`, `pad_id=None` (its padding is not one id)
+and `layer_norm_eps=1e-5`.
 """
 
 from __future__ import annotations
@@ -33,10 +37,13 @@ class TextTransformer(nn.Module):
   mlp_ratio: float = 4.0
   activation: str = 'quick_gelu'
   dtype: Dtype = jnp.float32
+  layer_norm_eps: float = 1e-6
+  end_id: int = tokenizer_lib.END_ID  # pooling reads the first token with this id
+  pad_id: int | None = tokenizer_lib.PAD_ID  # None: every token up to the end token is real
 
   @nn.compact
   def __call__(self, tokens: jax.Array) -> dict[str, jax.Array]:
-    """int (batch, length <= context_length) -> {'embedding', 'tokens', 'mask'}."""
+    """int (batch, length <= context_length) -> {'embedding', 'pooled', 'tokens', 'mask'}."""
     length = tokens.shape[-1]
     if length > self.context_length:
       raise ValueError(f'{length} tokens exceed the text tower context length {self.context_length}; '
@@ -46,12 +53,15 @@ class TextTransformer(nn.Module):
     positions = self.param('positional_embedding', nn.initializers.normal(0.01),
                            (self.context_length, self.width))
     x = (x + positions[:length]).astype(self.dtype)
-    x = Transformer(self.layers, self.heads, self.mlp_ratio, self.activation, self.dtype,
+    x = Transformer(self.layers, self.heads, self.mlp_ratio, self.activation, self.dtype, self.layer_norm_eps,
                     name='transformer')(x, nn.make_causal_mask(tokens))
-    x = nn.LayerNorm(dtype=self.dtype, name='ln_final')(x)
-    end = jnp.argmax(tokens == tokenizer_lib.END_ID, axis=-1)
-    pooled = jnp.take_along_axis(x, end[:, None, None], axis=1)[:, 0]
+    x = nn.LayerNorm(self.layer_norm_eps, dtype=self.dtype, name='ln_final')(x)
+    end = jnp.argmax(tokens == self.end_id, axis=-1)
+    pooled = jnp.take_along_axis(x, end[:, None, None], axis=1)[:, 0].astype(jnp.float32)
     projection = self.param('text_projection', nn.initializers.normal(self.width**-0.5),
                             (self.width, self.embed_dim))
-    return {'embedding': pooled.astype(jnp.float32) @ projection,
-            'tokens': x, 'mask': tokens != tokenizer_lib.PAD_ID}
+    if self.pad_id is None:
+      mask = jnp.arange(length)[None, :] <= end[:, None]
+    else:
+      mask = tokens != self.pad_id
+    return {'embedding': pooled @ projection, 'pooled': pooled, 'tokens': x, 'mask': mask}

@@ -6,6 +6,7 @@ so that a converter from its checkpoints is a renaming plus reshapes (docs/clip_
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -20,7 +21,9 @@ def quick_gelu(x: jax.Array) -> jax.Array:
   return x * jax.nn.sigmoid(1.702 * x)
 
 
-ACTIVATIONS = {'gelu': nn.gelu, 'quick_gelu': quick_gelu}
+# 'gelu' is the tanh approximation (flax's default); 'gelu_exact' the erf form (PyTorch's nn.GELU()).
+ACTIVATIONS = {'gelu': nn.gelu, 'gelu_exact': functools.partial(nn.gelu, approximate=False),
+               'quick_gelu': quick_gelu}
 
 
 def get_activation(name: str):
@@ -46,14 +49,15 @@ class ResidualAttentionBlock(nn.Module):
   heads: int
   mlp_ratio: float = 4.0
   activation: str = 'quick_gelu'
+  layer_norm_eps: float = 1e-6  # flax's default; OpenAI CLIP's is 1e-5
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     width = x.shape[-1]
-    h = nn.LayerNorm(dtype=self.dtype, name='ln_1')(x)
+    h = nn.LayerNorm(self.layer_norm_eps, dtype=self.dtype, name='ln_1')(x)
     x = x + nn.MultiHeadDotProductAttention(num_heads=self.heads, dtype=self.dtype, name='attn')(h, h, mask=mask)
-    h = nn.LayerNorm(dtype=self.dtype, name='ln_2')(x)
+    h = nn.LayerNorm(self.layer_norm_eps, dtype=self.dtype, name='ln_2')(x)
     return x + Mlp(width, int(width * self.mlp_ratio), self.activation, self.dtype, name='mlp')(h)
 
 
@@ -63,11 +67,13 @@ class Transformer(nn.Module):
   mlp_ratio: float = 4.0
   activation: str = 'quick_gelu'
   dtype: Dtype = jnp.float32
+  layer_norm_eps: float = 1e-6
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     if x.shape[-1] % self.heads:
       raise ValueError(f'width {x.shape[-1]} is not divisible by {self.heads} heads; change one of them.')
     for i in range(self.layers):
-      x = ResidualAttentionBlock(self.heads, self.mlp_ratio, self.activation, self.dtype, name=f'resblocks_{i}')(x, mask)
+      x = ResidualAttentionBlock(self.heads, self.mlp_ratio, self.activation, self.layer_norm_eps, self.dtype,
+                                 name=f'resblocks_{i}')(x, mask)
     return x

@@ -1,0 +1,137 @@
+"""A trained model as a self-contained directory: what inference reads, and nothing of training's state.
+
+    python -m experiments.export --workdir=runs/t2i_shapes --out=models/t2i_shapes
+    pipe = lgm.pipeline.TextToImage.from_pretrained('models/t2i_shapes')
+
+Layout (format version `VERSION`):
+
+    lgm_model.json            format, version, the stages and which one is the model (`roots`), lgm's version
+    README.md                 the model card: data, stages, training steps, the report's figures, how to load
+    <stage>/params.safetensors  the parameters the run evaluates with (EMA unless the run says otherwise),
+                              float32, one tensor per leaf, named by its path in the flax tree joined by '/'
+                              ('encoder/ResBlock_0/Conv_0/kernel'); header metadata: format, version, step
+    <stage>/config.json       the stage's resolved config: how to rebuild its network and sampler
+                              (`config.stages` point at the sibling stages it reads)
+    <stage>/tokenizer.json    the CLIP stage's tokenizer; <stage>/latent_scale.json: a latent model's scale
+
+A stage directory loads like a work directory (`lgm.stages.load_trained` sees params.safetensors and reads it
+instead of orbax checkpoints): no optimizer state, no data, no orbax. Only the stages inference reads are
+written: a job's score / prior / decoder stages and the VAE and CLIP stages they use (not its classifier).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import safetensors.numpy
+
+from lgm import files, jobs, stages
+from lgm.exported import FORMAT, MANIFEST, PARAMS_FILE, VERSION, flatten_params
+from lgm.tasks import Trained, task_class
+from lgm.train import workdir as workdir_lib
+
+GENERATING_STAGES = ('score', 'prior', 'decoder')  # a job's stages that generate; the rest are read by them
+
+
+def _stage_dependencies(config: ml_collections.ConfigDict, stage_dir: str) -> dict[str, str]:
+  """key in config.stages -> the directory of each stage that this stage's task reads."""
+  needs = task_class(config.task).needs(config)
+  return {key: stages.stage_dir(stage_dir, rel) for key, rel in config.get('stages', {}).items() if key in needs}
+
+
+def _collect(roots: dict[str, str]) -> dict[str, str]:
+  """name -> source directory of every stage the roots read, transitively; a dependency is named by its
+  directory's name (a job's stage names)."""
+  found: dict[str, str] = {}
+  pending = list(roots.items())
+  while pending:
+    name, path = pending.pop()
+    path = os.path.realpath(path)
+    if name in found:
+      if found[name] != path:
+        raise ValueError(f'two different stages are both named {name!r} ({found[name]}, {path}); '
+                         'rename one of the directories before exporting.')
+      continue
+    found[name] = path
+    config = workdir_lib.read_config(path)
+    pending.extend((os.path.basename(dep), dep) for dep in _stage_dependencies(config, path).values())
+  return found
+
+
+def _roots(workdir: str) -> dict[str, str]:
+  config = workdir_lib.read_config(workdir)
+  if jobs.is_job(config):
+    roots = {name: os.path.join(workdir, name) for name in GENERATING_STAGES
+             if os.path.exists(workdir_lib.config_path(os.path.join(workdir, name)))}
+    if not roots:
+      raise ValueError(f'{workdir} is a job without a generating stage ({", ".join(GENERATING_STAGES)}) to export.')
+    return roots
+  return {'score' if config.task == 'text_to_image' else 'model': workdir}
+
+
+def _model_card(workdir: str, manifest: dict[str, Any], trained: dict[str, Trained]) -> str:
+  name = os.path.basename(os.path.normpath(workdir))
+  lines = [f'# {name}', '', f'An lgm model exported from the work directory `{name}` (lgm {manifest["lgm_version"]}, '
+           f'format version {VERSION}).', '', '## Stages', '',
+           '| stage | task | model | parameters | training steps | dataset | image size |', '|---|---|---|---|---|---|---|']
+  for stage, t in trained.items():
+    count = sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(t.params))
+    data = t.config.data
+    lines.append(f'| {stage} | {t.config.task} | {t.config.model.name} | {count:,} | {t.step:,} | '
+                 f'{data.dataset} | {data.get("image_size", "–")} |')
+  report = os.path.join(workdir, 'report.md')
+  if os.path.exists(report):
+    with open(report) as f:
+      text = f.read().split('\n')
+    first_table_end = next((i for i, line in enumerate(text) if i > 2 and not line.startswith('|')
+                            and text[i - 1].startswith('|')), len(text))
+    lines += ['', '## Evaluation (from the job\'s report)', ''] + text[2:first_table_end]
+  if set(trained) & {'score', 'prior'}:
+    code = ['from lgm.pipeline import TextToImage', '', f"pipe = TextToImage.from_pretrained('{name}')",
+            "images, nfe = pipe(['a prompt'], seeds=[0])"]
+    cli = f'or `python -m experiments.sample --model={name} --prompt="..." --out=samples.png`. '
+  else:
+    code = ['from lgm import stages', '', f"trained = stages.load_trained('{name}/model')  # config, task, params"]
+    cli = f'or `python -m experiments.sample --model={name} --out=samples.png`. '
+  lines += ['', '## Load', '', '```python', *code, '```', '',
+            cli + f"Each stage's parameters are `<stage>/{PARAMS_FILE}` (tensors named by their path in the flax "
+            "tree); `<stage>/config.json` says how to build its network.", '']
+  return '\n'.join(lines)
+
+
+def export(workdir: str, out: str) -> dict[str, Any]:
+  """Write the model of `workdir` (a job or a single run) to `out`; returns the manifest. `out` must be
+  new or empty, so that an export never mixes with older files."""
+  if os.path.exists(out) and os.listdir(out):
+    raise FileExistsError(f'{out} exists and is not empty; export to a new directory.')
+  roots = _roots(workdir)
+  sources = _collect(roots)
+  trained = {name: stages.load_trained(path) for name, path in sources.items()}
+  manifest = {'format': FORMAT, 'version': VERSION, 'lgm_version': importlib.metadata.version('lgm'),
+              'roots': sorted(roots), 'stages': {}}
+  os.makedirs(out, exist_ok=True)
+  for name, path in sources.items():
+    t = trained[name]
+    target = os.path.join(out, name)
+    os.makedirs(target, exist_ok=True)
+    config = ml_collections.ConfigDict(t.config.to_dict())
+    for key, dep in _stage_dependencies(t.config, path).items():
+      config.stages[key] = os.path.join('..', os.path.basename(os.path.realpath(dep)))
+    files.write_text(workdir_lib.config_path(target), config.to_json(indent=2, sort_keys=True))
+    params_path = os.path.join(target, PARAMS_FILE)
+    safetensors.numpy.save_file(flatten_params(jax.device_get(t.params)), params_path,
+                                metadata={'format': FORMAT, 'version': str(VERSION), 'step': str(t.step)})
+    os.chmod(params_path, 0o644)  # the library writes it private; a model is for sharing
+    for carried in (stages.TOKENIZER_FILE, stages.LATENT_SCALE_FILE):
+      if os.path.exists(os.path.join(path, carried)):
+        shutil.copyfile(os.path.join(path, carried), os.path.join(target, carried))
+    manifest['stages'][name] = {'task': t.config.task, 'step': t.step}
+  files.write_text(os.path.join(out, 'README.md'), _model_card(workdir, manifest, trained))
+  files.write_json(os.path.join(out, MANIFEST), manifest)
+  return manifest
