@@ -90,7 +90,7 @@ def apply_rules(rules: Rules, state_dict: Mapping[str, Any], model: Any, example
       if array is None or array.shape != shapes[path].shape:
         misshapen.append(f'{key} {tuple(value.shape)} for {"/".join(path)} {shapes[path].shape}')
       else:
-        flat[path] = array.astype(shapes[path].dtype)
+        flat[path] = np.asarray(array, shapes[path].dtype, order='C')
   flat.update({path: np.full(shapes[path].shape, value, shapes[path].dtype) for path, value in dict(defaults).items()})
   unmapped = ['/'.join(path) for path in shapes if path not in flat and path not in {rules[k][0] for k in missing}]
   problems = [_listed(kind, items) for kind, items in (('missing', missing), ('unexpected', unexpected),

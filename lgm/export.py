@@ -39,6 +39,17 @@ from lgm.train import workdir as workdir_lib
 GENERATING_STAGES = ('score', 'prior', 'decoder')  # a job's stages that generate; the rest are read by them
 
 
+def write_stage(directory: str, config: ml_collections.ConfigDict, params: Any, step: int) -> None:
+  """One stage in the exported format: DIR/config.json and DIR/params.safetensors (`lgm.stages.load_trained`
+  reads it back). Also what `experiments.convert` writes for weights converted from elsewhere (step 0)."""
+  os.makedirs(directory, exist_ok=True)
+  files.write_text(workdir_lib.config_path(directory), config.to_json(indent=2, sort_keys=True))
+  path = os.path.join(directory, PARAMS_FILE)
+  safetensors.numpy.save_file(flatten_params(jax.device_get(params)), path,
+                              metadata={'format': FORMAT, 'version': str(VERSION), 'step': str(step)})
+  os.chmod(path, 0o644)  # the library writes it private; a model is for sharing
+
+
 def _stage_dependencies(config: ml_collections.ConfigDict, stage_dir: str) -> dict[str, str]:
   """key in config.stages -> the directory of each stage that this stage's task reads."""
   needs = task_class(config.task).needs(config)
@@ -119,15 +130,10 @@ def export(workdir: str, out: str) -> dict[str, Any]:
   for name, path in sources.items():
     t = trained[name]
     target = os.path.join(out, name)
-    os.makedirs(target, exist_ok=True)
     config = ml_collections.ConfigDict(t.config.to_dict())
     for key, dep in _stage_dependencies(t.config, path).items():
       config.stages[key] = os.path.join('..', os.path.basename(os.path.realpath(dep)))
-    files.write_text(workdir_lib.config_path(target), config.to_json(indent=2, sort_keys=True))
-    params_path = os.path.join(target, PARAMS_FILE)
-    safetensors.numpy.save_file(flatten_params(jax.device_get(t.params)), params_path,
-                                metadata={'format': FORMAT, 'version': str(VERSION), 'step': str(t.step)})
-    os.chmod(params_path, 0o644)  # the library writes it private; a model is for sharing
+    write_stage(target, config, t.params, t.step)
     for carried in (stages.TOKENIZER_FILE, stages.LATENT_SCALE_FILE):
       if os.path.exists(os.path.join(path, carried)):
         shutil.copyfile(os.path.join(path, carried), os.path.join(target, carried))

@@ -21,7 +21,10 @@ PARAMS_FILE = 'params.safetensors'
 
 
 def flatten_params(params: Any) -> dict[str, np.ndarray]:
-  return {'/'.join(path): np.asarray(value) for path, value in flax.traverse_util.flatten_dict(params).items()}
+  """'a/b/kernel' -> array, each in C order: safetensors writes an array's buffer as it lies in memory, so a
+  transposed view (what a converter makes) would be saved transposed."""
+  flat = flax.traverse_util.flatten_dict(params)
+  return {'/'.join(path): np.asarray(value, order='C') for path, value in flat.items()}
 
 
 def unflatten_params(flat: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -7,7 +7,9 @@ stage is left as it is; stages find the trained stages they build on through `lg
 
 `config.reuse` (optional) names another finished job: its stages listed in `config.reuse_stages` are used as
 they are (DIR/name becomes a link to them; they must have been trained with the same stage configs) and only
-the other stages train here.
+the other stages train here. `config.pretrained` (optional) maps a stage name to a model stage made
+elsewhere: converted weights (`experiments.convert`, e.g. Stable Diffusion's VAE) or a stage of an exported
+model; DIR/name links to it, it stays frozen, and its own config.json replaces the job's config of it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from lgm import config_checks, reports, stages
+from lgm import config_checks, exported, reports, stages
 from lgm.train import checkpoints, trainer
 from lgm.train import lock as lock_lib
 from lgm.train import metrics as metrics_lib
@@ -43,21 +45,25 @@ def run_job(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]
   config = with_job_data(config)
   workdir_lib.check_path(workdir)
   report = reports.get_report(config.report.name)
-  reused = reused_stages(config, workdir)
+  pretrained = pretrained_stages(config, workdir)
+  config = with_pretrained(config, pretrained)
+  reused = {**reused_stages(config, workdir), **pretrained}
   with lock_lib.hold(workdir):
     for name in config.stage_order:
-      workdir_lib.check_resumable(reused.get(name, os.path.join(workdir, name)), config[name])
+      if name not in pretrained:
+        workdir_lib.check_resumable(reused.get(name, os.path.join(workdir, name)), config[name])
     if _finished(config, workdir):
       logging.info('%s finished: nothing to do (experiments.evaluate re-evaluates it).', workdir)
       return metrics_lib.last_evaluation(workdir)
-    check_data(config)
+    check_data(config, skip=tuple(pretrained))
     if jax.process_index() == 0:
       workdir_lib.write_config(workdir, config)
       _link(reused, workdir)
     seconds = {}
     for name in config.stage_order:
       if name in reused:
-        logging.info('Stage %s: reused from %s', name, reused[name])
+        logging.info('Stage %s: %s %s', name, 'pretrained, from' if name in pretrained else 'reused from',
+                     reused[name])
         continue
       start = time.perf_counter()
       logging.info('Stage %s -> %s', name, os.path.join(workdir, name))
@@ -83,9 +89,7 @@ def reused_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
   if not source:
     return {}
   source = os.path.abspath(source)
-  unknown = [name for name in config.reuse_stages if name not in config.stage_order]
-  if unknown:
-    raise ValueError(f'reuse_stages names {unknown}, which are not stages of this job ({list(config.stage_order)}).')
+  _check_stage_names(config, 'reuse_stages', config.reuse_stages)
   reused = {}
   for name in config.reuse_stages:
     path = os.path.join(source, name)
@@ -93,11 +97,48 @@ def reused_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
     if step < config[name].train.num_steps:
       raise ValueError(f'{path} is not a finished {name} stage (step {step} of {config[name].train.num_steps}); '
                        f'finish the job in {source} first, or leave out --config.reuse.')
-    here = os.path.join(workdir, name)
-    if os.path.lexists(here) and os.path.realpath(here) != os.path.realpath(path):
-      raise ValueError(f'{here} already holds another {name} stage; use a new --workdir to reuse {path}.')
+    _check_link(workdir, name, path)
     reused[name] = path
   return reused
+
+
+def pretrained_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
+  """Stage name -> the model stage directory that `config.pretrained` gives it ({} without); one-line errors
+  for a directory that is not a converted or exported stage."""
+  given = {name: path for name, path in config.get('pretrained', {}).items() if path}
+  _check_stage_names(config, 'pretrained', given)
+  out = {}
+  for name, path in given.items():
+    path = os.path.abspath(path)
+    if not exported.is_exported(path):
+      raise ValueError(f'pretrained.{name}={path} is not a model stage (no {exported.PARAMS_FILE}); convert '
+                       'weights with python -m experiments.convert, or give a stage of an exported model.')
+    _check_link(workdir, name, path)
+    out[name] = path
+  return out
+
+
+def with_pretrained(config: ml_collections.ConfigDict, pretrained: dict[str, str]) -> ml_collections.ConfigDict:
+  """A copy of the job config whose pretrained stages carry their own config.json (what the stage is)."""
+  if not pretrained:
+    return config
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    for name, path in pretrained.items():
+      config[name] = workdir_lib.read_config(path)
+  return config
+
+
+def _check_stage_names(config: ml_collections.ConfigDict, key: str, names) -> None:
+  unknown = [name for name in names if name not in config.stage_order]
+  if unknown:
+    raise ValueError(f'{key} names {unknown}, which are not stages of this job ({list(config.stage_order)}).')
+
+
+def _check_link(workdir: str, name: str, path: str) -> None:
+  here = os.path.join(workdir, name)
+  if os.path.lexists(here) and os.path.realpath(here) != os.path.realpath(path):
+    raise ValueError(f'{here} already holds another {name} stage; use a new --workdir to take {path}.')
 
 
 def _link(reused: dict[str, str], workdir: str) -> None:
@@ -120,14 +161,16 @@ def with_job_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   return config
 
 
-def check_data(config: ml_collections.ConfigDict) -> None:
-  """Every stage's data, before any stage trains: the stages agree on the images, and each fits its task."""
+def check_data(config: ml_collections.ConfigDict, skip: tuple[str, ...] = ()) -> None:
+  """Every stage's data, before any stage trains: the stages agree on the images, and each fits its task
+  (stages in `skip`, pretrained ones, train on nothing here)."""
+  trained = [name for name in config.stage_order if name not in skip]
   for key in ('dataset', 'image_size', 'channels'):
-    values = {name: config[name].data[key] for name in config.stage_order}
+    values = {name: config[name].data[key] for name in trained}
     if len(set(values.values())) > 1:
       raise ValueError(f'the stages disagree on data.{key} ({", ".join(f"{n}: {v}" for n, v in values.items())}); '
                        f'set it once for the whole job with --config.data.{key}=...')
-  for name in config.stage_order:
+  for name in trained:
     stages.check_data(config[name])
 
 
@@ -143,5 +186,6 @@ def _finished(config: ml_collections.ConfigDict, workdir: str) -> bool:
   """Every stage trained to its last step and the report written (report.md is written last)."""
   if not os.path.exists(os.path.join(workdir, reports.REPORT_FILE)):
     return False
-  return all(checkpoints.saved_step(os.path.join(workdir, name)) >= config[name].train.num_steps
+  return all(exported.is_exported(os.path.join(workdir, name)) or
+             checkpoints.saved_step(os.path.join(workdir, name)) >= config[name].train.num_steps
              for name in config.stage_order)

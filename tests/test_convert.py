@@ -14,7 +14,7 @@ from diffusers import AutoencoderKL
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
 from configs.models import openai_clip_text, sd_vae
-from lgm import clip_tokenizer, convert, models
+from lgm import clip_tokenizer, convert, export, exported, models
 from lgm.models import autoencoder
 
 TOLERANCE = 1e-4  # max abs difference, float32
@@ -214,3 +214,15 @@ def test_clip_tokenizer_matches_openai():
       ids = ids[:77]
       ids[-1] = clip_tokenizer.END_ID
     assert row.tolist() == ids + [clip_tokenizer.END_ID] * (77 - len(ids))
+
+
+def test_converted_weights_survive_the_safetensors_round_trip(tmp_path):
+  """Converters return transposed views; safetensors writes buffers as they lie, so the writer must not."""
+  state_dict = _autoencoder_kl((32, 64), 1, 8).state_dict()
+  config = convert.autoencoder_kl_config(state_dict)
+  config.norm_groups = 8
+  converted = convert.from_diffusers_autoencoder_kl(state_dict, config)
+  export.write_stage(str(tmp_path), converted.config, converted.params, step=0)
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), converted.params)
+  loaded, step = exported.load_params(str(tmp_path), abstract)
+  jax.tree.map(np.testing.assert_array_equal, loaded, converted.params)

@@ -19,7 +19,7 @@ import scipy.linalg
 
 from conftest import tree_digest
 from configs import t2i_shapes, t2i_unclip_shapes
-from lgm import evaluation, export, exported, jobs, stages
+from lgm import convert, evaluation, export, exported, jobs, stages
 from lgm.data import shapes, sources
 from lgm.reports import text_to_image as t2i_report
 from lgm.pipeline import TextToImage
@@ -516,3 +516,38 @@ def test_a_newer_export_format_is_refused(unclip_job, tmp_path):
                               metadata={'format': exported.FORMAT, 'version': str(exported.VERSION + 1)})
   with pytest.raises(ValueError, match='vae/params.safetensors is an lgm model of format version'):
     stages.load_trained(os.path.join(out, 'vae'))
+
+
+def test_a_job_trains_on_a_frozen_converted_autoencoder(job, tmp_path):
+  """Stable Diffusion's autoencoder layout at f = 8 (random weights, narrow), converted by the CLI and taken
+  frozen by the job: only the score stage trains, on 4x4x4 latents; the text tower and judge are reused."""
+  import torch
+  from diffusers import AutoencoderKL
+  torch.manual_seed(0)
+  reference = AutoencoderKL(block_out_channels=(32,) * 4, layers_per_block=1, latent_channels=4,
+                            down_block_types=('DownEncoderBlock2D',) * 4, up_block_types=('UpDecoderBlock2D',) * 4)
+  checkpoint, converted = str(tmp_path / 'vae.safetensors'), str(tmp_path / 'sd_vae')
+  safetensors.numpy.save_file({k: v.numpy() for k, v in reference.state_dict().items()}, checkpoint)
+  result = subprocess.run([sys.executable, '-m', 'experiments.convert', f'--checkpoint={checkpoint}',
+                           f'--out={converted}', '--image_size=32'], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'vae, f = 8, 4 latent channels' in result.stdout
+
+  config = tiny_job_config()
+  config.pretrained = {'vae': converted}
+  config.reuse, config.reuse_stages = job[0], ('clip', 'classifier')
+  config.report.guidances, config.report.negative_images_per_value = (3.0,), 0  # the main job's test covers them
+  workdir = str(tmp_path / 'job')
+  metrics = jobs.run_job(config, workdir)
+  assert os.path.realpath(os.path.join(workdir, 'vae')) == os.path.realpath(converted)
+  assert sorted(os.listdir(converted)) == ['config.json', 'params.safetensors']  # the job wrote nothing there
+  score = stages.load_trained(os.path.join(workdir, 'score'))
+  assert score.task.data_shape == (4, 4, 4) and score.step == 20
+  expected = convert.from_diffusers_autoencoder_kl(reference.state_dict()).params
+  jax.tree.map(np.testing.assert_array_equal, score.task.vae.params, expected)  # frozen: the converted weights
+  assert 0 <= metrics['fidelity_all_g3'] <= 1 and os.path.exists(os.path.join(workdir, 'report.md'))
+  assert jobs.run_job(config, workdir)['eval/fidelity_all_g3'] == metrics['fidelity_all_g3']  # finished
+  config.pretrained = {'vae': str(tmp_path)}
+  with pytest.raises(ValueError, match=r'pretrained.vae=\S+ is not a model stage'):
+    jobs.run_job(config, str(tmp_path / 'other'))
