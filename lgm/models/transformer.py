@@ -1,7 +1,7 @@
 """The pre-LayerNorm transformer shared by the text tower and the image tower (CLIP's layout).
 
 Parameter names follow OpenAI CLIP's `transformer.resblocks.N.{ln_1, attn, ln_2, mlp.c_fc, mlp.c_proj}`
-so that a converter from its checkpoints is a renaming plus reshapes (docs/clip_checkpoints.md).
+so that a converter from its checkpoints is a renaming plus reshapes (docs/checkpoints.md).
 """
 
 from __future__ import annotations
