@@ -8,13 +8,14 @@ turn (the second time of each is reported: the first load of the process also st
 printed and appended to --out as one JSON line.
 """
 
-import json
 import os
 import tempfile
 import time
 
 import numpy as np
 from absl import app, flags
+
+from benchmarks import report
 
 from lgm import export
 from lgm.pipeline import TextToImage
@@ -25,12 +26,6 @@ _NUM = flags.DEFINE_integer('num', 16, 'Images drawn from each pipeline.')
 _OUT = flags.DEFINE_string('out', None, 'Append each result as a JSON line to this file.')
 
 
-def _report(record: dict) -> None:
-  record = {'date': time.strftime('%Y-%m-%d'), 'cpus': os.cpu_count(), **record}
-  print(json.dumps(record), flush=True)
-  if _OUT.value:
-    with open(_OUT.value, 'a') as f:
-      f.write(json.dumps(record) + '\n')
 
 
 def main(argv):
@@ -42,8 +37,8 @@ def main(argv):
     seconds = time.perf_counter() - start
     sizes = {name: sum(os.path.getsize(os.path.join(out, name, f)) for f in os.listdir(os.path.join(out, name)))
              for name in manifest['stages']}
-    _report({'what': 'export', 'workdir': _WORKDIR.value, 'seconds': round(seconds, 2),
-             'mib': round(sum(sizes.values()) / 2**20, 2), 'bytes_per_stage': sizes})
+    report({'what': 'export', 'workdir': _WORKDIR.value, 'seconds': round(seconds, 2),
+             'mib': round(sum(sizes.values()) / 2**20, 2), 'bytes_per_stage': sizes}, _OUT.value)
     for _ in range(2):
       start = time.perf_counter()
       original = TextToImage.from_workdir(_WORKDIR.value)
@@ -55,9 +50,9 @@ def main(argv):
     prompts = (prompts * _NUM.value)[:_NUM.value]
     seeds = list(range(len(prompts)))
     a, b = original(prompts, seeds=seeds)[0], loaded(prompts, seeds=seeds)[0]
-    _report({'what': 'load', 'from_workdir_s': round(from_workdir, 2), 'from_pretrained_s': round(from_pretrained, 2),
+    report({'what': 'load', 'from_workdir_s': round(from_workdir, 2), 'from_pretrained_s': round(from_pretrained, 2),
              'images': len(prompts), 'identical_images': bool(np.array_equal(a, b)),
-             'max_abs_difference': float(np.abs(np.asarray(a) - np.asarray(b)).max())})
+             'max_abs_difference': float(np.abs(np.asarray(a) - np.asarray(b)).max())}, _OUT.value)
 
 
 if __name__ == '__main__':

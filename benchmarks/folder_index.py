@@ -19,6 +19,8 @@ import numpy as np
 import PIL.Image
 from absl import app, flags
 
+from benchmarks import report
+
 from lgm import tokenizer
 from lgm.data import sources
 
@@ -27,12 +29,6 @@ _NUM_CAPTIONS = flags.DEFINE_integer('num_captions', 100000, 'Captions the BPE m
 _OUT = flags.DEFINE_string('out', None, 'Append each result as a JSON line to this file.')
 
 
-def _report(record: dict) -> None:
-  record = {'date': time.strftime('%Y-%m-%d'), 'cpus': os.cpu_count(), **record}
-  print(json.dumps(record), flush=True)
-  if _OUT.value:
-    with open(_OUT.value, 'a') as f:
-      f.write(json.dumps(record) + '\n')
 
 
 def _make_folder(root: str, num_images: int, rng: np.random.Generator) -> None:
@@ -68,9 +64,9 @@ def main(argv):
     second = _open_seconds(root)
     PIL.Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(os.path.join(root, 'part000', 'added.png'))
     third = _open_seconds(root)
-    _report({'benchmark': 'folder_index', 'num_images': _NUM_IMAGES.value, 'generate_s': round(generated, 2),
+    report({'benchmark': 'folder_index', 'num_images': _NUM_IMAGES.value, 'generate_s': round(generated, 2),
              'first_open_s': round(first, 2), 'unchanged_open_s': round(second, 2),
-             'one_added_open_s': round(third, 2)})
+             'one_added_open_s': round(third, 2)}, _OUT.value)
   finally:
     shutil.rmtree(root, ignore_errors=True)
     shutil.rmtree(cache, ignore_errors=True)
@@ -81,8 +77,8 @@ def main(argv):
   start = time.perf_counter()
   bpe = tokenizer.train_bpe(captions, num_merges=2000)
   seconds = time.perf_counter() - start
-  _report({'benchmark': 'bpe_train', 'num_captions': len(captions), 'num_merges': len(bpe.merges),
-           'seconds': round(seconds, 2)})
+  report({'benchmark': 'bpe_train', 'num_captions': len(captions), 'num_merges': len(bpe.merges),
+           'seconds': round(seconds, 2)}, _OUT.value)
 
 
 if __name__ == '__main__':

@@ -16,10 +16,11 @@ The third diagnosis, the ceiling the decoder sets, is a row of the job's report 
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 from absl import app, flags
+
+from benchmarks import report
 
 from lgm import stages
 from lgm.data import loader as loader_lib
@@ -35,12 +36,6 @@ _GUIDANCE = flags.DEFINE_float('guidance', 3.0, 'Classifier-free guidance of the
 _OUT = flags.DEFINE_string('out', None, 'Append each result as a JSON line to this file.')
 
 
-def _report(record: dict) -> None:
-  line = json.dumps(record)
-  print(line, flush=True)
-  if _OUT.value:
-    with open(_OUT.value, 'a') as f:
-      f.write(line + '\n')
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -83,10 +78,10 @@ def main(argv) -> None:
   config = pipe.task.config
   train, _ = loader_lib.load_arrays(config, config.data.train_split, 5000)
   held_out, _ = loader_lib.load_arrays(config, config.data.eval_split, 1000)
-  _report({'measure': 'text', 'workdir': _WORKDIR.value, **text_separation(pipe.task.clip, train, held_out)})
+  report({'measure': 'text', 'workdir': _WORKDIR.value, **text_separation(pipe.task.clip, train, held_out)}, _OUT.value, stamp=False)
   strengths = [float(s) for s in _STRENGTHS.value]
-  _report({'measure': 'decided', 'workdir': _WORKDIR.value, 'guidance': _GUIDANCE.value, 'num': _NUM.value,
-           **decision_curves(pipe, classifier, held_out, _NUM.value, strengths, _GUIDANCE.value)})
+  report({'measure': 'decided', 'workdir': _WORKDIR.value, 'guidance': _GUIDANCE.value, 'num': _NUM.value,
+           **decision_curves(pipe, classifier, held_out, _NUM.value, strengths, _GUIDANCE.value)}, _OUT.value, stamp=False)
 
 
 if __name__ == '__main__':

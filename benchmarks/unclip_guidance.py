@@ -12,10 +12,11 @@ embeddings and the held-out images' own embeddings, and the diversity (mean pair
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 from absl import app, flags
+
+from benchmarks import report
 
 from lgm import evaluation, stages
 from lgm.data import loader as loader_lib
@@ -56,11 +57,7 @@ def main(argv):
                 'cosine_to_image': float(np.mean(np.sum(embeddings * targets, axis=1))),
                 'diversity': evaluation.diversity(
                     pipe.embed_images(diverse_images).reshape(-1, DIVERSITY_SAMPLES, targets.shape[1]))}
-      line = json.dumps(record)
-      print(line, flush=True)
-      if _OUT.value:
-        with open(_OUT.value, 'a') as f:
-          f.write(line + '\n')
+      report(record, _OUT.value, stamp=False)
 
 
 if __name__ == '__main__':
