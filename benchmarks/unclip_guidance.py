@@ -12,7 +12,6 @@ embeddings and the held-out images' own embeddings, and the diversity (mean pair
 
 from __future__ import annotations
 
-
 import numpy as np
 from absl import app, flags
 
