@@ -26,15 +26,15 @@ _CIFAR = flags.DEFINE_bool('cifar', False, 'Also the CIFAR-10-size DDPM++ (slow 
 _OUT = flags.DEFINE_string('out', None, 'Also append the results to this file.')
 
 
-def train_step_runs(job) -> list[tuple]:
-  """(name, config, batch, compute dtype, workdir) of each train-step measurement."""
+def train_step_runs(job, cifar: bool) -> list[tuple]:
+  """(name, config, batch, compute dtype, stage) of each train-step measurement."""
   runs = [('vae_shapes', vae_shapes.get_config(), 256, 'float32', None),
           ('t2i_shapes.clip', job.clip, 128, 'float32', 'clip'),
           ('t2i_shapes.clip', job.clip, 1024, 'float32', 'clip'),
           ('sde_vp_shapes', sde_vp_shapes.get_config(), 256, 'float32', None),
           ('t2i_shapes.score', job.score, 64, 'float32', 'score'),
           ('t2i_shapes.score', job.score, 256, 'float32', 'score')]
-  if _CIFAR.value:
+  if cifar:
     runs += [('cifar10_ddpmpp_continuous', cifar10_ddpmpp_continuous.get_config(), 128, dtype, None)
              for dtype in ('float32', 'bfloat16')]
   return runs
@@ -50,7 +50,7 @@ def main(argv):
     results.append(result)
     print(json.dumps(result), flush=True)
 
-  for name, config, batch, dtype, stage in train_step_runs(job):
+  for name, config, batch, dtype, stage in train_step_runs(job, _CIFAR.value):
     config = config.copy_and_resolve_references()
     config.train.batch_size, config.train.compute_dtype = batch, dtype
     workdir = None if stage is None else os.path.join(_T2I.value, stage)

@@ -3,7 +3,8 @@
 python -m benchmarks.train_step --config=configs/vae_shapes.py [--steps=30] [--workdir=DIR]
 
 The peak is measured here, not quoted: the best f32 2048x2048 matmul rate through jax.jit. The
-train step's FLOPs are XLA's own count for the compiled step (forward, backward, optimizer, EMA).
+train step's FLOPs are XLA's count of the step before backend optimisation (forward, backward, optimizer,
+EMA; `lgm.inspection.program_flops`), the same on every backend.
 Synthetic batches (of the task's own batch spec: uniform images, zero integer fields): this measures
 compute, not the data pipeline. Tasks that read files of their run (a CLIP tokenizer, the stages of a
 text-to-image model) take the run's `--workdir`.
@@ -21,6 +22,19 @@ from ml_collections import config_flags
 from lgm import inspection, stages
 from lgm.train import mesh as mesh_lib
 from lgm.train import state as state_lib
+
+def step_flops(config, workdir: str | None = None) -> tuple[float, int]:
+  """(FLOPs of one train step of `config` (`lgm.inspection.program_flops`), its parameter count), traced on
+  abstract values: no parameters are made and nothing is compiled, so any model is counted on any machine."""
+  mesh = mesh_lib.make_mesh(config.mesh)
+  task = stages.build_task(config, workdir)
+  tx, schedule = state_lib.make_optimizer(config)
+  abstract = jax.eval_shape(state_lib.state_initializer(task.init, tx), jax.random.PRNGKey(config.seed))
+  shardings = state_lib.state_shardings(mesh, abstract)
+  step = state_lib.make_train_step(task.loss, tx, schedule, config.train.ema_decay, mesh, shardings)
+  flops = inspection.program_flops(lambda s, b: step(s, b), abstract, task.batch_spec(config.train.batch_size))
+  return flops, sum(int(np.prod(p.shape)) for p in jax.tree.leaves(abstract.params))
+
 
 def best_seconds(fn, repeats: int) -> float:
   times = []
@@ -54,8 +68,7 @@ def measure(config, steps: int = 30, peak: float | None = None, workdir: str | N
   batch_size = config.train.batch_size
   batch = jax.device_put(synthetic_batch(task, batch_size), mesh_lib.batch_sharding(mesh))
   start = time.perf_counter()
-  step_flops = inspection.compiled_flops(
-      lambda s, b: step(s, b), state, batch)  # the same program as `step`, counted by XLA
+  step_flops = inspection.program_flops(lambda s, b: step(s, b), state, batch)  # `step`'s program, counted
   for _ in range(3):
     state, metrics = step(state, batch)
   jax.block_until_ready(metrics)

@@ -18,9 +18,14 @@ def parameter_table(params) -> list[tuple[str, tuple[int, ...], int]]:
   return rows
 
 
-def compiled_flops(fn, *args) -> float:
-  """FLOPs XLA counts in the compiled `fn(*args)` (0 where the backend gives no count)."""
-  analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
+def program_flops(fn, *args) -> float:
+  """FLOPs of `fn(*args)` as XLA counts them in the program before any backend optimisation.
+
+  The same count on every backend: convolutions and dots are still HLO operations there (a multiply-add of
+  the window inside the input, padding excluded, is 2 FLOPs), where the compiled program of a GPU calls
+  them in cuDNN / cuBLAS and the compiled program's count leaves them out (16x too few for a U-Net).
+  Elementwise operations count one per element, transcendental functions apart."""
+  analysis = jax.jit(fn).lower(*args).cost_analysis()
   if isinstance(analysis, list):  # older jax returned one dict per device program
     analysis = analysis[0]
   return float((analysis or {}).get('flops', 0.0))
@@ -31,7 +36,7 @@ def loss_flops(task: Task, params, batch_size: int, with_gradient: bool) -> floa
   fn = lambda p, b, r: task.loss(p, b, r, with_gradient)[0]
   if with_gradient:
     fn = jax.grad(fn)
-  return compiled_flops(fn, params, task.batch_spec(batch_size), jax.random.PRNGKey(0))
+  return program_flops(fn, params, task.batch_spec(batch_size), jax.random.PRNGKey(0))
 
 
 def report(config: ml_collections.ConfigDict, workdir: str | None = None) -> str:
