@@ -25,8 +25,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lgm import exported
-from lgm import files
+from lgm import exported, files
 from lgm import tokenizer as tokenizer_lib
 from lgm.data import loader as loader_lib
 from lgm.data import sources
@@ -59,7 +58,7 @@ def load_trained(workdir: str, use_ema: bool | None = None, mesh: jax.sharding.M
 
   EMA parameters when `use_ema` (default: the run's `config.eval.use_ema`). Laid out on `mesh` as in
   training when given, else on the first device. A stage of an exported model (`lgm.export`) loads its
-  params.safetensors instead, the parameters it was exported with."""
+  params.safetensors instead, the parameters it was exported with (replicated on `mesh`)."""
   config = workdir_lib.read_config(workdir)
   task = build_task(config, workdir)
   if exported.is_exported(workdir):
