@@ -33,7 +33,7 @@ def step_flops(config, workdir: str | None = None) -> tuple[float, int]:
   shardings = state_lib.state_shardings(mesh, abstract)
   step = state_lib.make_train_step(task.loss, tx, schedule, config.train.ema_decay, mesh, shardings)
   flops = inspection.program_flops(lambda s, b: step(s, b), abstract, task.batch_spec(config.train.batch_size))
-  return flops, sum(int(np.prod(p.shape)) for p in jax.tree.leaves(abstract.params))
+  return flops, inspection.parameter_count(abstract.params)
 
 
 def best_seconds(fn, repeats: int) -> float:
@@ -86,7 +86,7 @@ def measure(config, steps: int = 30, peak: float | None = None, workdir: str | N
       'compile_and_warmup_s': compile_seconds,
       'step_gflop': step_flops / 1e9, 'achieved_gflops': step_flops / seconds / 1e9,
       'matmul_peak_gflops': peak / 1e9, 'fraction_of_peak': step_flops / seconds / peak,
-      'params': sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params)),
+      'params': inspection.parameter_count(state.params),
   }
 
 

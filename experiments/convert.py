@@ -21,16 +21,14 @@ flags.mark_flags_as_required(['checkpoint', 'out'])
 
 def main(argv):
   del argv
-  import os
-
   import safetensors.numpy
 
   from configs import vae_shapes
-  from lgm import convert, export
+  from lgm import convert, export, inspection, models
 
-  if os.path.exists(_OUT.value) and os.listdir(_OUT.value):
-    raise FileExistsError(f'{_OUT.value} exists and is not empty; convert into a new directory.')
+  export.check_new(_OUT.value)
   converted = convert.from_diffusers_autoencoder_kl(safetensors.numpy.load_file(_CHECKPOINT.value))
+  factor = models.build_model(converted.config).downsampling_factor
   config = vae_shapes.get_config()  # an autoencoding stage's settings; the network is the converted one
   config.model = converted.config
   config.data.channels = config.model.image_channels  # an autoencoding task gives the model its data's channels
@@ -39,8 +37,8 @@ def main(argv):
   config.data.image_size = _IMAGE_SIZE.value
   config.train.num_steps = 0  # nothing trained here
   export.write_stage(_OUT.value, config, converted.params, step=0)
-  count = sum(v.size for v in export.flatten_params(converted.params).values())
-  print(f'{_OUT.value}: {config.model.name}, f = {2 ** (len(config.model.ch_mult) - 1)}, '
+  count = inspection.parameter_count(converted.params)
+  print(f'{_OUT.value}: {config.model.name}, f = {factor}, '
         f'{config.model.latent_channels} latent channels, {count:,} parameters')
 
 

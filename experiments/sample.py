@@ -62,14 +62,10 @@ def main(argv):
       ('steps', _STEPS)) if flag.value is not None}
   if _MODEL.value is not None and set(exported.read_manifest(_MODEL.value)['roots']) & set(GENERATING_STAGES):
     pipe, trained = TextToImage.from_pretrained(_MODEL.value), None
-  elif _MODEL.value is not None:
-    trained = stages.load_trained(os.path.join(_MODEL.value, 'model'))
-    pipe = TextToImage(trained.task, trained.params, trained.step) if trained.task.generates_from_text else None
-  elif jobs.is_job(workdir_lib.read_config(_WORKDIR.value)):
-    pipe = TextToImage.from_workdir(_WORKDIR.value)  # a job generates through its pipeline
-    trained = None
-  else:
-    trained = stages.load_trained(_WORKDIR.value)
+  elif _WORKDIR.value is not None and jobs.is_job(workdir_lib.read_config(_WORKDIR.value)):
+    pipe, trained = TextToImage.from_workdir(_WORKDIR.value), None  # a job generates through its pipeline
+  else:  # one model: a single run, or the one stage of an exported single run
+    trained = stages.load_trained(_WORKDIR.value or os.path.join(_MODEL.value, 'model'))
     pipe = TextToImage(trained.task, trained.params, trained.step) if trained.task.generates_from_text else None
   if pipe is None and (_ROUTE.value or _INIT_IMAGE.value):
     raise ValueError(f'--route and --init_image need a text-to-image job; {source} holds a '

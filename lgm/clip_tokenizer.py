@@ -23,9 +23,12 @@ import os
 import warnings
 from typing import Sequence
 
+import ftfy
 import numpy as np
 import regex
 import tokenizers
+
+from lgm import tokenizer as tokenizer_lib
 
 START, END = '<|startoftext|>', '<|endoftext|>'
 START_ID, END_ID = 49406, 49407
@@ -38,7 +41,7 @@ def byte_characters() -> list[str]:
   """The printable character standing for each byte, in the order of CLIP's vocabulary: the bytes that are
   printable Latin-1 characters stand for themselves and come first, the others get U+0100 onwards."""
   printable = [*range(ord('!'), ord('~') + 1), *range(ord('¡'), ord('¬') + 1), *range(ord('®'), ord('ÿ') + 1)]
-  others = [b for b in range(256) if b not in set(printable)]
+  others = sorted(set(range(256)) - set(printable))
   return [chr(b) for b in printable] + [chr(256 + i) for i in range(len(others))]
 
 
@@ -56,7 +59,6 @@ def vocabulary_path() -> str:
 
 def clean(text: str) -> str:
   """CLIP's text cleaning: ftfy, HTML entities, whitespace, lower case."""
-  import ftfy  # only CLIP's tokenizer needs it
   text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
   return regex.sub(r'\s+', ' ', text).strip().lower()
 
@@ -100,12 +102,7 @@ class ClipTokenizer:
   def __call__(self, texts: str | Sequence[str]) -> np.ndarray:
     if isinstance(texts, str):
       texts = [texts]
-    out = np.full((len(texts), self.context_length), self.pad_id, np.int32)
-    cut = 0
-    for row, ids in enumerate(self._encode_batch(texts)):
-      if len(ids) > self.context_length - 2:
-        ids, cut = ids[:self.context_length - 2], cut + 1
-      out[row, :len(ids) + 2] = [START_ID, *ids, END_ID]
+    out, cut = tokenizer_lib.pack(self._encode_batch(texts), self.context_length, START_ID, END_ID, self.pad_id)
     if cut:
       warnings.warn(f'{cut} of {len(texts)} prompts were cut to {self.context_length - 2} tokens.',
                     UserWarning, stacklevel=2)

@@ -91,8 +91,10 @@ def apply_rules(rules: Rules, state_dict: Mapping[str, Any], model: Any, example
         misshapen.append(f'{key} {tuple(value.shape)} for {"/".join(path)} {shapes[path].shape}')
       else:
         flat[path] = np.asarray(array, shapes[path].dtype, order='C')
-  flat.update({path: np.full(shapes[path].shape, value, shapes[path].dtype) for path, value in dict(defaults).items()})
-  unmapped = ['/'.join(path) for path in shapes if path not in flat and path not in {rules[k][0] for k in missing}]
+  defaults = dict(defaults)
+  flat.update({path: np.full(shapes[path].shape, value, shapes[path].dtype) for path, value in defaults.items()})
+  covered = {path for path, _ in rules.values()} | set(defaults)  # missing or misshapen sources are named above
+  unmapped = ['/'.join(path) for path in shapes if path not in covered]
   problems = [_listed(kind, items) for kind, items in (('missing', missing), ('unexpected', unexpected),
                                                       ('of the wrong shape', misshapen),
                                                       ('lgm parameters without a source', unmapped)) if items]

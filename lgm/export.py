@@ -28,15 +28,20 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 import safetensors.numpy
 
-from lgm import files, jobs, stages
+from lgm import files, inspection, jobs, stages
 from lgm.exported import FORMAT, MANIFEST, PARAMS_FILE, VERSION, flatten_params
 from lgm.tasks import Trained, task_class
 from lgm.train import workdir as workdir_lib
 
 GENERATING_STAGES = ('score', 'prior', 'decoder')  # a job's stages that generate; the rest are read by them
+
+
+def check_new(directory: str) -> None:
+  """Refuse a directory that holds anything: an exported model never mixes with older files."""
+  if os.path.exists(directory) and os.listdir(directory):
+    raise FileExistsError(f'{directory} exists and is not empty; write the model to a new directory.')
 
 
 def write_stage(directory: str, config: ml_collections.ConfigDict, params: Any, step: int) -> None:
@@ -92,7 +97,7 @@ def _model_card(workdir: str, manifest: dict[str, Any], trained: dict[str, Train
            f'format version {VERSION}).', '', '## Stages', '',
            '| stage | task | model | parameters | training steps | dataset | image size |', '|---|---|---|---|---|---|---|']
   for stage, t in trained.items():
-    count = sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(t.params))
+    count = inspection.parameter_count(t.params)
     data = t.config.data
     lines.append(f'| {stage} | {t.config.task} | {t.config.model.name} | {count:,} | {t.step:,} | '
                  f'{data.dataset} | {data.get("image_size", "–")} |')
@@ -117,10 +122,8 @@ def _model_card(workdir: str, manifest: dict[str, Any], trained: dict[str, Train
 
 
 def export(workdir: str, out: str) -> dict[str, Any]:
-  """Write the model of `workdir` (a job or a single run) to `out`; returns the manifest. `out` must be
-  new or empty, so that an export never mixes with older files."""
-  if os.path.exists(out) and os.listdir(out):
-    raise FileExistsError(f'{out} exists and is not empty; export to a new directory.')
+  """Write the model of `workdir` (a job or a single run) to `out` (new or empty); returns the manifest."""
+  check_new(out)
   roots = _roots(workdir)
   sources = _collect(roots)
   trained = {name: stages.load_trained(path) for name, path in sources.items()}

@@ -12,7 +12,7 @@ from typing import Any
 
 import flax
 import numpy as np
-import safetensors.numpy
+import safetensors
 
 FORMAT = 'lgm-model'
 VERSION = 1
@@ -57,11 +57,10 @@ def read_manifest(directory: str) -> dict[str, Any]:
 def load_params(directory: str, abstract: Any) -> tuple[Any, int]:
   """(params, step) of an exported stage, checked against `abstract` (the task's parameter shapes)."""
   path = os.path.join(directory, PARAMS_FILE)
-  with open(path, 'rb') as f:
-    header = json.loads(f.read(int.from_bytes(f.read(8), 'little')))
-  metadata = header.get('__metadata__', {})
-  check_version(int(metadata.get('version', 0)) if metadata.get('format') == FORMAT else None, path)
-  flat = safetensors.numpy.load_file(path)
+  with safetensors.safe_open(path, framework='np') as f:
+    metadata = f.metadata() or {}
+    check_version(int(metadata.get('version', 0)) if metadata.get('format') == FORMAT else None, path)
+    flat = {name: f.get_tensor(name) for name in f.keys()}
   shapes = {'/'.join(path): leaf.shape for path, leaf in flax.traverse_util.flatten_dict(abstract).items()}
   problems = sorted(set(shapes) ^ set(flat)) + [
       f'{name} {flat[name].shape} != {shapes[name]}' for name in sorted(set(flat) & set(shapes))

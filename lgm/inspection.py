@@ -18,6 +18,11 @@ def parameter_table(params) -> list[tuple[str, tuple[int, ...], int]]:
   return rows
 
 
+def parameter_count(params) -> int:
+  """How many numbers a parameter tree holds (arrays or their abstract shapes)."""
+  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params))
+
+
 def program_flops(fn, *args) -> float:
   """FLOPs of `fn(*args)` as XLA counts them in the program before any backend optimisation.
 

@@ -46,6 +46,20 @@ def _byte_ids(text: str) -> list[int]:
   return [_BYTE_OFFSET + b for b in text.encode('utf-8')]
 
 
+def pack(id_lists: Sequence[list[int]], context_length: int, start: int, end: int,
+         pad: int) -> tuple[np.ndarray, int]:
+  """int32 `(len(id_lists), context_length)` rows `start, ids, end, pad...`, an over-long list cut to its
+  first `context_length - 2` ids; and how many were cut."""
+  out = np.full((len(id_lists), context_length), pad, np.int32)
+  num_cut = 0
+  for row, ids in enumerate(id_lists):
+    if len(ids) > context_length - 2:
+      num_cut += 1
+      ids = ids[:context_length - 2]
+    out[row, :len(ids) + 2] = [start, *ids, end]
+  return out, num_cut
+
+
 class Tokenizer:
   """Shared ids, decoding, batching and serialisation; subclasses define `encode` and `kind`."""
   kind: str
@@ -80,14 +94,7 @@ class Tokenizer:
     if isinstance(texts, str):
       texts = [texts]
     max_tokens = self.context_length - 2
-    out = np.full((len(texts), self.context_length), PAD_ID, np.int32)
-    num_truncated = 0
-    for row, text in enumerate(texts):
-      ids = self.encode(text)
-      if len(ids) > max_tokens:
-        num_truncated += 1
-        ids = ids[:max_tokens]
-      out[row, :len(ids) + 2] = [START_ID, *ids, END_ID]
+    out, num_truncated = pack([self.encode(text) for text in texts], self.context_length, START_ID, END_ID, PAD_ID)
     if num_truncated:
       warnings.warn(f'{num_truncated} of {len(texts)} prompts were truncated to {max_tokens} tokens '
                     f'(context_length={self.context_length}).', UserWarning, stacklevel=2)

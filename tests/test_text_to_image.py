@@ -28,15 +28,19 @@ from lgm.train import metrics as metrics_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def twenty_steps(stage, eval_examples: int) -> None:
+  """A stage config trained 20 steps (checkpointed and evaluated at the end, on `eval_examples` in batches of 8)."""
+  stage.train.num_steps = stage.train.checkpoint_every = stage.eval.every = 20
+  stage.train.log_every = 10
+  stage.eval.num_examples = eval_examples
+  stage.eval.batch_size = 8
+
+
 def shrink(config):
   """A t2i job config at seconds scale: 20 steps per stage, narrow networks, 16 report images (the same
   programs for every dataset of 32x32 RGB images, so that the compilation cache serves them all)."""
   for stage in config.stage_order:
-    c = config[stage]
-    c.train.num_steps = c.train.checkpoint_every = c.eval.every = 20
-    c.train.log_every = 10
-    c.eval.num_examples = 200
-    c.eval.batch_size = 8
+    twenty_steps(config[stage], eval_examples=200)
   config.vae.model.ch = 8
   config.clip.model.text_layers = config.clip.model.image_layers = 1
   config.clip.model.text_width = config.clip.model.image_width = config.clip.model.embed_dim = 32
@@ -386,11 +390,7 @@ def tiny_unclip_config(reuse=''):
   config.report.prompts = config.report.prompts[:4]
   config.report.negative_images_per_value = 0
   for name in ('prior', 'decoder'):
-    c = config[name]
-    c.train.num_steps = c.train.checkpoint_every = c.eval.every = 20
-    c.train.log_every = 10
-    c.eval.num_examples = 16
-    c.eval.batch_size = 8
+    twenty_steps(config[name], eval_examples=16)
   config.prior.model.width = 32
   config.prior.model.layers = 1
   config.decoder.model.nf = 16

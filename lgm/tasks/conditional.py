@@ -186,6 +186,10 @@ class ClipText(TextConditioned):
   clip: Trained
   tune_text: bool = False
 
+  def batch_conditioning(self, params: PyTree, batch: dict) -> Conditioning:
+    """A captioned batch's condition: its tokens' text conditioning."""
+    return self.text_conditioning(params, batch['tokens'])
+
   def text_conditioning(self, params: PyTree, tokens: jax.Array) -> Conditioning:
     """Token ids -> {'context' (per-token features), 'context_mask', 'vector' (the normalised embedding)}."""
     clip_params = self.clip.params

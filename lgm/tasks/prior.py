@@ -21,7 +21,7 @@ import ml_collections
 
 from lgm.models.clip import CLIP, l2_normalize
 from lgm.tasks.base import Trained
-from lgm.tasks.conditional import Conditioning, ClipText, GuidedScoreTask
+from lgm.tasks.conditional import ClipText, GuidedScoreTask
 
 PyTree = Any
 
@@ -57,9 +57,6 @@ class PriorTask(ClipText, GuidedScoreTask):
   # --- what the trainer calls ---------------------------------------------------------------------------
   def init(self, rng: jax.Array) -> PyTree:
     return {'score': self.init_network(rng, self.text_conditioning({}, jnp.asarray(self.tokenize(''))))}
-
-  def batch_conditioning(self, params: PyTree, batch: dict) -> Conditioning:
-    return self.text_conditioning(params, batch['tokens'])
 
   def evaluate(self, params: PyTree, batch: dict, rng: jax.Array) -> dict[str, jax.Array]:
     """The loss on held-out pairs; the cosine between the embedding sampled from each caption (config's

@@ -22,7 +22,7 @@ import numpy as np
 from lgm import sampling
 from lgm.models.clip import CLIP
 from lgm.tasks.base import Trained
-from lgm.tasks.conditional import Conditioning, ClipText, LatentScoreTask
+from lgm.tasks.conditional import ClipText, LatentScoreTask
 
 PyTree = Any
 
@@ -54,9 +54,6 @@ class TextToImageTask(ClipText, LatentScoreTask):
     params = {'text': self.clip.params['text']} if self.tune_text else {}
     params['score'] = self.init_network(rng, self.text_conditioning(params, jnp.asarray(self.tokenize(''))))
     return params
-
-  def batch_conditioning(self, params: PyTree, batch: dict) -> Conditioning:
-    return self.text_conditioning(params, batch['tokens'])
 
   # --- generation -------------------------------------------------------------------------------------------
   @functools.partial(jax.jit, static_argnums=0, static_argnames=('options',))
