@@ -7,12 +7,13 @@
 #                                                         copy, install and run on all workers of a TPU VM slice
 #                                                         (--dry-run: print the commands instead)
 #
-# ARGS are passed on (e.g. --config.train.num_steps=100). In `procs` mode each process sees
+# WORKDIR is a gs:// bucket (each TPU worker installs lgm[cloud]) or a path every process sees. ARGS are
+# passed on (e.g. --config.train.num_steps=100). In `procs` mode each process sees
 # LGM_LOCAL_DEVICES CPU devices (default 1; e.g. LGM_LOCAL_DEVICES=4 for 2 x 4 = 8 devices), and
 # process 0's output goes to the terminal, the others' to WORKDIR/logs/process_I.log.
 set -euo pipefail
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 1 ] || usage
 mode=$1; shift
 
@@ -57,13 +58,9 @@ case "$mode" in
     run() { if $dry_run; then printf '%q ' "$@" | sed 's/ $//'; echo; else "$@"; fi; }
     [ $# -ge 4 ] || usage
     tpu=$1 zone=$2 config=$3 workdir=$4; shift 4
-    case "$workdir" in *://*)
-      echo "launch.sh: WORKDIR must be a path every worker sees (a shared file system or a bucket mounted with gcsfuse), not a URL: $workdir" >&2
-      exit 2 ;;
-    esac
     here=$(cd "$(dirname "$0")" && pwd)
     args=$(printf ' %q' "$@")
-    remote="set -e; mkdir -p ~/lgm && tar -C ~/lgm -xzf /tmp/lgm_code.tgz && cd ~/lgm && pip install -q -e . 'jax[tpu]==0.10.2' && LGM_DISTRIBUTED=auto python -m experiments.train --config=$(printf %q "$config") --workdir=$(printf %q "$workdir")$args"
+    remote="set -e; mkdir -p ~/lgm && tar -C ~/lgm -xzf /tmp/lgm_code.tgz && cd ~/lgm && pip install -q -e '.[cloud]' 'jax[tpu]==0.10.2' && LGM_DISTRIBUTED=auto python -m experiments.train --config=$(printf %q "$config") --workdir=$(printf %q "$workdir")$args"
     run tar -C "$here" --exclude=.git --exclude=runs -czf /tmp/lgm_code.tgz .
     run gcloud compute tpus tpu-vm scp /tmp/lgm_code.tgz "$tpu":/tmp/lgm_code.tgz --zone="$zone" --worker=all
     run gcloud compute tpus tpu-vm ssh "$tpu" --zone="$zone" --worker=all --command="$remote"

@@ -17,11 +17,9 @@ matplotlib.use('Agg')  # headless: figures are files, never windows
 import matplotlib.pyplot as plt  # noqa: E402
 from absl import logging  # noqa: E402
 
-from lgm import files, sweeps  # noqa: E402
+from lgm import files, semantic, sweeps  # noqa: E402
 from lgm.train import metrics as metrics_lib  # noqa: E402
 from lgm.train import workdir as workdir_lib  # noqa: E402
-
-_DPI = 120
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,12 +42,11 @@ def load_runs(paths: Sequence[str]) -> list[Run]:
   one warning naming them."""
   runs, skipped = [], []
   for path in paths:
-    if not os.path.isfile(workdir_lib.config_path(path)):
+    if not files.exists(workdir_lib.config_path(path)):
       skipped.append(path)
       continue
-    with open(workdir_lib.config_path(path)) as f:
-      config = workdir_lib.flatten(json.load(f))
-    has_metrics = os.path.exists(os.path.join(path, metrics_lib.METRICS_FILE))
+    config = workdir_lib.flatten(files.read_json(workdir_lib.config_path(path)))
+    has_metrics = files.exists(os.path.join(path, metrics_lib.METRICS_FILE))
     runs.append(Run(os.path.basename(os.path.normpath(path)), path, config,
                     metrics_lib.read_metrics(path) if has_metrics else []))
   if skipped:
@@ -80,8 +77,8 @@ def compare(paths: Sequence[str], out: str | None = None, metric: str | None = N
   missing = [run.name for run in runs if not any(metric in record for record in run.records)]
   if missing:
     raise ValueError(f'{metric} is not in the metrics.jsonl of {", ".join(missing)}.')
-  out = out or os.path.commonpath([os.path.dirname(os.path.abspath(run.path)) for run in runs])
-  os.makedirs(out, exist_ok=True)
+  out = out or _common_parent([run.path for run in runs])
+  files.makedirs(out)
   header, rows = _table(runs, keys)
   table = _markdown(header, rows)
   figures = [_plot_against_step(runs, keys, metric, os.path.join(out, 'metric_vs_step.png'))]
@@ -93,6 +90,15 @@ def compare(paths: Sequence[str], out: str | None = None, metric: str | None = N
   with files.replacing(written[1], 'w') as f:
     csv.writer(f, lineterminator='\n').writerows([header, *rows])
   return table, written + figures
+
+
+def _common_parent(paths: Sequence[str]) -> str:
+  parents = [os.path.dirname(files.absolute(path).rstrip('/')) for path in paths]
+  if any(files.is_url(parent) for parent in parents):
+    if len(set(parents)) > 1:
+      raise ValueError('the runs are in different directories of an object store; name the output with --out.')
+    return parents[0]
+  return os.path.commonpath(parents)
 
 
 def _first_common_eval_metric(runs: Sequence[Run]) -> str:
@@ -137,7 +143,7 @@ def _plot_against_step(runs: Sequence[Run], keys: Sequence[str], metric: str, pa
     ax.plot(steps, values, marker='o', markersize=3, label=_label(run, keys))
   ax.set(xlabel='step', ylabel=metric, title=f'{metric} against step')
   ax.legend(fontsize='small')
-  return _save(fig, path)
+  return semantic.save_figure(fig, path)
 
 
 def _plot_final(runs: Sequence[Run], keys: Sequence[str], key: str, metric: str, path: str) -> str:
@@ -159,13 +165,7 @@ def _plot_final(runs: Sequence[Run], keys: Sequence[str], key: str, metric: str,
   ax.set(xlabel=key, ylabel=f'final {metric}', title=f'final {metric} against {key}')
   if others:
     ax.legend(fontsize='small')
-  return _save(fig, path)
-
-
-def _save(fig, path: str) -> str:
-  fig.savefig(path, dpi=_DPI, bbox_inches='tight')
-  plt.close(fig)
-  return path
+  return semantic.save_figure(fig, path)
 
 
 def _is_number(value: Any) -> bool:

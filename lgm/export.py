@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-import shutil
 from typing import Any
 
 import jax
@@ -40,19 +39,19 @@ GENERATING_STAGES = ('score', 'prior', 'decoder')  # a job's stages that generat
 
 def check_new(directory: str) -> None:
   """Refuse a directory that holds anything: an exported model never mixes with older files."""
-  if os.path.exists(directory) and os.listdir(directory):
+  if files.listdir(directory):
     raise FileExistsError(f'{directory} exists and is not empty; write the model to a new directory.')
 
 
 def write_stage(directory: str, config: ml_collections.ConfigDict, params: Any, step: int) -> None:
   """One stage in the exported format: DIR/config.json and DIR/params.safetensors (`lgm.stages.load_trained`
   reads it back). Also what `experiments.convert` writes for weights converted from elsewhere (step 0)."""
-  os.makedirs(directory, exist_ok=True)
+  files.makedirs(directory)
   files.write_text(workdir_lib.config_path(directory), config.to_json(indent=2, sort_keys=True))
-  path = os.path.join(directory, PARAMS_FILE)
-  safetensors.numpy.save_file(flatten_params(jax.device_get(params)), path,
-                              metadata={'format': FORMAT, 'version': str(VERSION), 'step': str(step)})
-  os.chmod(path, 0o644)  # the library writes it private; a model is for sharing
+  data = safetensors.numpy.save(flatten_params(jax.device_get(params)),
+                                metadata={'format': FORMAT, 'version': str(VERSION), 'step': str(step)})
+  with files.replacing(os.path.join(directory, PARAMS_FILE), 'wb') as f:
+    f.write(data)
 
 
 def _stage_dependencies(config: ml_collections.ConfigDict, stage_dir: str) -> dict[str, str]:
@@ -68,7 +67,7 @@ def _collect(roots: dict[str, str]) -> dict[str, str]:
   pending = list(roots.items())
   while pending:
     name, path = pending.pop()
-    path = os.path.realpath(path)
+    path = files.real(path)
     if name in found:
       if found[name] != path:
         raise ValueError(f'two different stages are both named {name!r} ({found[name]}, {path}); '
@@ -84,7 +83,7 @@ def _roots(workdir: str) -> dict[str, str]:
   config = workdir_lib.read_config(workdir)
   if jobs.is_job(config):
     roots = {name: os.path.join(workdir, name) for name in GENERATING_STAGES
-             if os.path.exists(workdir_lib.config_path(os.path.join(workdir, name)))}
+             if files.exists(workdir_lib.config_path(os.path.join(workdir, name)))}
     if not roots:
       raise ValueError(f'{workdir} is a job without a generating stage ({", ".join(GENERATING_STAGES)}) to export.')
     return roots
@@ -102,9 +101,8 @@ def _model_card(workdir: str, manifest: dict[str, Any], trained: dict[str, Train
     lines.append(f'| {stage} | {t.config.task} | {t.config.model.name} | {count:,} | {t.step:,} | '
                  f'{data.dataset} | {data.get("image_size", "–")} |')
   report = os.path.join(workdir, 'report.md')
-  if os.path.exists(report):
-    with open(report) as f:
-      text = f.read().split('\n')
+  if files.exists(report):
+    text = files.read_text(report).split('\n')
     first_table_end = next((i for i, line in enumerate(text) if i > 2 and not line.startswith('|')
                             and text[i - 1].startswith('|')), len(text))
     lines += ['', '## Evaluation (from the job\'s report)', ''] + text[2:first_table_end]
@@ -129,17 +127,17 @@ def export(workdir: str, out: str) -> dict[str, Any]:
   trained = {name: stages.load_trained(path) for name, path in sources.items()}
   manifest = {'format': FORMAT, 'version': VERSION, 'lgm_version': importlib.metadata.version('lgm'),
               'roots': sorted(roots), 'stages': {}}
-  os.makedirs(out, exist_ok=True)
+  files.makedirs(out)
   for name, path in sources.items():
     t = trained[name]
     target = os.path.join(out, name)
     config = ml_collections.ConfigDict(t.config.to_dict())
     for key, dep in _stage_dependencies(t.config, path).items():
-      config.stages[key] = os.path.join('..', os.path.basename(os.path.realpath(dep)))
+      config.stages[key] = os.path.join('..', os.path.basename(files.real(dep)))
     write_stage(target, config, t.params, t.step)
     for carried in (stages.TOKENIZER_FILE, stages.LATENT_SCALE_FILE):
-      if os.path.exists(os.path.join(path, carried)):
-        shutil.copyfile(os.path.join(path, carried), os.path.join(target, carried))
+      if files.exists(os.path.join(path, carried)):
+        files.write_text(os.path.join(target, carried), files.read_text(os.path.join(path, carried)))
     manifest['stages'][name] = {'task': t.config.task, 'step': t.step}
   files.write_text(os.path.join(out, 'README.md'), _model_card(workdir, manifest, trained))
   files.write_json(os.path.join(out, MANIFEST), manifest)

@@ -14,6 +14,8 @@ import flax
 import numpy as np
 import safetensors
 
+from lgm import files
+
 FORMAT = 'lgm-model'
 VERSION = 1
 MANIFEST = 'lgm_model.json'
@@ -32,7 +34,7 @@ def unflatten_params(flat: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 def is_exported(directory: str) -> bool:
-  return os.path.exists(os.path.join(directory, PARAMS_FILE))
+  return files.exists(os.path.join(directory, PARAMS_FILE))
 
 
 def check_version(version: Any, where: str) -> None:
@@ -43,24 +45,30 @@ def check_version(version: Any, where: str) -> None:
 
 def read_manifest(directory: str) -> dict[str, Any]:
   path = os.path.join(directory, MANIFEST)
-  if not os.path.exists(path):
+  if not files.exists(path):
     raise FileNotFoundError(f'{path} not found: {directory} is not an exported lgm model; export one with '
                             f'python -m experiments.export --workdir=RUN --out={directory}')
-  with open(path) as f:
-    manifest = json.load(f)
+  manifest = files.read_json(path)
   if manifest.get('format') != FORMAT:
     raise ValueError(f'{path} is not an lgm model manifest (format {manifest.get("format")!r}).')
   check_version(manifest.get('version'), directory)
   return manifest
 
 
+def _metadata(data: bytes) -> dict[str, str]:
+  """The `__metadata__` of a safetensors file: its header is 8 bytes of length, then that much JSON."""
+  length = int.from_bytes(data[:8], 'little')
+  return json.loads(data[8:8 + length]).get('__metadata__') or {}
+
+
 def load_params(directory: str, abstract: Any) -> tuple[Any, int]:
   """(params, step) of an exported stage, checked against `abstract` (the task's parameter shapes)."""
   path = os.path.join(directory, PARAMS_FILE)
-  with safetensors.safe_open(path, framework='np') as f:
-    metadata = f.metadata() or {}
-    check_version(int(metadata.get('version', 0)) if metadata.get('format') == FORMAT else None, path)
-    flat = {name: f.get_tensor(name) for name in f.keys()}
+  with files.open_file(path, 'rb') as f:
+    data = f.read()
+  metadata = _metadata(data)
+  check_version(int(metadata.get('version', 0)) if metadata.get('format') == FORMAT else None, path)
+  flat = safetensors.numpy.load(data)
   shapes = {'/'.join(path): leaf.shape for path, leaf in flax.traverse_util.flatten_dict(abstract).items()}
   problems = sorted(set(shapes) ^ set(flat)) + [
       f'{name} {flat[name].shape} != {shapes[name]}' for name in sorted(set(flat) & set(shapes))

@@ -77,7 +77,7 @@ def save_png(path: str, array_uint8: np.ndarray) -> str:
     raise TypeError(f'save_png expects uint8 pixels, got {array.dtype}; convert with to_uint8')
   if array.ndim == 3 and array.shape[-1] == 1:
     array = array[..., 0]
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  files.makedirs(os.path.dirname(path) or '.')
   with files.replacing(path, 'wb') as f:
     Image.fromarray(array).save(f, format='PNG')
   return path

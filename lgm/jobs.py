@@ -22,7 +22,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from lgm import config_checks, exported, reports, stages
+from lgm import config_checks, exported, files, reports, stages
 from lgm.train import checkpoints, trainer
 from lgm.train import lock as lock_lib
 from lgm.train import metrics as metrics_lib
@@ -88,7 +88,7 @@ def reused_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
   source = config.get('reuse', '')
   if not source:
     return {}
-  source = os.path.abspath(source)
+  source = files.absolute(source)
   _check_stage_names(config, 'reuse_stages', config.reuse_stages)
   reused = {}
   for name in config.reuse_stages:
@@ -109,7 +109,7 @@ def pretrained_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[s
   _check_stage_names(config, 'pretrained', given)
   out = {}
   for name, path in given.items():
-    path = os.path.abspath(path)
+    path = files.absolute(path)
     if not exported.is_exported(path):
       raise ValueError(f'pretrained.{name}={path} is not a model stage (no {exported.PARAMS_FILE}); convert '
                        'weights with python -m experiments.convert, or give a stage of an exported model.')
@@ -137,6 +137,9 @@ def _check_stage_names(config: ml_collections.ConfigDict, key: str, names) -> No
 
 def _check_link(workdir: str, name: str, path: str) -> None:
   here = os.path.join(workdir, name)
+  if files.is_url(workdir):
+    raise ValueError(f'{here} would be a link to {path}, and an object store has no links; copy the stage there '
+                     '(gsutil -m cp -r), or use reuse/pretrained with a work directory on a file system.')
   if os.path.lexists(here) and os.path.realpath(here) != os.path.realpath(path):
     raise ValueError(f'{here} already holds another {name} stage; use a new --workdir to take {path}.')
 
@@ -184,7 +187,7 @@ def evaluate(workdir: str, num: int | None = None) -> dict[str, float]:
 
 def _finished(config: ml_collections.ConfigDict, workdir: str) -> bool:
   """Every stage trained to its last step and the report written (report.md is written last)."""
-  if not os.path.exists(os.path.join(workdir, reports.REPORT_FILE)):
+  if not files.exists(os.path.join(workdir, reports.REPORT_FILE)):
     return False
   return all(exported.is_exported(os.path.join(workdir, name)) or
              checkpoints.saved_step(os.path.join(workdir, name)) >= config[name].train.num_steps

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lgm import batching, exported, sampling, semantic, stages
+from lgm import batching, exported, files, sampling, semantic, stages
 from lgm.tasks import Trained
 from lgm.tasks.text_to_image import TextToImageTask
 
@@ -58,14 +58,14 @@ class TextToImage:
   def from_workdir(cls, workdir: str, batch_size: int = 64) -> TextToImage:
     """From a t2i job directory (its `score` stage and, when it has them, its `prior` and `decoder` stages) or
     from the score stage's own directory."""
-    has = lambda name: os.path.exists(os.path.join(workdir, name, 'config.json'))
+    has = lambda name: files.exists(os.path.join(workdir, name, 'config.json'))
     prior = decoder = None
     if has(PRIOR_STAGE) and has(DECODER_STAGE):
       prior, decoder = (stages.load_stage(workdir, name, name) for name in (PRIOR_STAGE, DECODER_STAGE))
       if not has(SCORE_STAGE):
         return cls(None, prior=prior, decoder=decoder, batch_size=batch_size)
     path = os.path.join(workdir, SCORE_STAGE) if has(SCORE_STAGE) else workdir
-    if not os.path.exists(os.path.join(path, 'config.json')):
+    if not files.exists(os.path.join(path, 'config.json')):
       raise FileNotFoundError(f'{workdir} holds no text-to-image model: the score stage ({path}) is missing; '
                               f'train it: python -m experiments.train --config=configs/t2i_shapes.py --workdir={workdir}')
     trained = stages.load_trained(path)

@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.offsetbox import AnnotationBbox, OffsetImage  # noqa: E402
 
+from lgm import files  # noqa: E402
 from lgm.images import make_grid, to_rgb_uint8  # noqa: E402
 
 INTERPOLATION_METHODS = ('lerp', 'slerp')
@@ -190,9 +191,12 @@ def _spread_out(coords: np.ndarray, num: int) -> np.ndarray:
   return np.asarray(chosen)
 
 
-def _save_figure(fig, path: str) -> str:
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  fig.savefig(path, dpi=_DPI, bbox_inches='tight')
+def save_figure(fig, path: str) -> str:
+  """Writes a matplotlib figure (the format from the name: .png, .pdf, ...) on any file system, closes it and
+  returns the path."""
+  files.makedirs(os.path.dirname(path) or '.')
+  with files.replacing(path, 'wb') as f:
+    fig.savefig(f, format=os.path.splitext(path)[1][1:] or 'png', dpi=_DPI, bbox_inches='tight')
   plt.close(fig)
   return path
 
@@ -226,7 +230,7 @@ def plot_semantic_map(path: str, coords, labels, label_names, thumbnails=None,
   ax.set(title=title, xlabel='principal component 1', ylabel='principal component 2')
   ax.legend(title=legend_title, loc='upper left', bbox_to_anchor=(1.01, 1.0), markerscale=2.0,
             fontsize='small', ncol=1 + len(names) // 25)
-  return _save_figure(fig, path)
+  return save_figure(fig, path)
 
 
 def _tile_centres(left: int, count: int, tile_width: int) -> list[float]:
@@ -247,7 +251,7 @@ def _plot_tiles(path: str, picture: np.ndarray, title: str, xlabel: str,
   ax.tick_params(length=0)
   ax.set(title=title, xlabel=xlabel)
   ax.spines[:].set_visible(False)
-  return _save_figure(fig, path)
+  return save_figure(fig, path)
 
 
 def save_interpolation_strips(path: str, rows_of_images,
@@ -316,7 +320,7 @@ def plot_text_image_map(path: str, image_coords, text_coords, labels, label_name
   ax.set(title=title, xlabel='principal component 1', ylabel='principal component 2')
   ax.legend(title=legend_title, loc='upper left', bbox_to_anchor=(1.01, 1.0), fontsize='small',
             ncol=1 + 2 * len(names) // 25)
-  return _save_figure(fig, path)
+  return save_figure(fig, path)
 
 
 def save_text_queries(path: str, queries, neighbour_images,
@@ -339,4 +343,4 @@ def save_text_queries(path: str, queries, neighbour_images,
   ax.tick_params(length=0)
   ax.set(title=title, xlabel='nearest held-out images in the text-image space, closest first')
   ax.spines[:].set_visible(False)
-  return _save_figure(fig, path)
+  return save_figure(fig, path)

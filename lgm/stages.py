@@ -16,7 +16,6 @@ calling its class with parts of its own.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Callable
 
@@ -115,7 +114,7 @@ def check_data(config: ml_collections.ConfigDict) -> None:
 
 
 def stage_dir(workdir: str, relative: str) -> str:
-  return os.path.normpath(os.path.join(workdir, relative))
+  return files.normjoin(workdir, relative)
 
 
 def load_stage(workdir: str | None, relative: str, name: str) -> Trained:
@@ -167,11 +166,11 @@ def make_tokenizer(config: ml_collections.ConfigDict) -> tokenizer_lib.Tokenizer
 def _tokenizer(config, workdir, parts) -> tokenizer_lib.Tokenizer:
   del parts
   path = os.path.join(workdir, TOKENIZER_FILE) if workdir else None
-  if path and os.path.exists(path):
+  if path and files.exists(path):
     return tokenizer_lib.load(path)
   tokenizer = make_tokenizer(config)
   if path and jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
+    files.makedirs(workdir)
     tokenizer.save(path)
   return tokenizer
 
@@ -188,13 +187,12 @@ def _clip(config, workdir, parts) -> Trained:
 
 def _latent_scale(config, workdir, parts) -> float:
   path = os.path.join(workdir, LATENT_SCALE_FILE) if workdir else None
-  if path and os.path.exists(path):
-    with open(path) as f:
-      return float(json.load(f)['latent_scale'])
+  if path and files.exists(path):
+    return float(files.read_json(path)['latent_scale'])
   images = loader_lib.load_arrays(config, config.data.train_split, config.latent.scale_examples)[0]['image']
   scale = measure_latent_scale(parts['vae'], images)
   if path and jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
+    files.makedirs(workdir)
     files.write_json(path, {'latent_scale': scale, 'num_images': len(images)})
   return scale
 

@@ -102,7 +102,7 @@ def plan(config: str | ml_collections.ConfigDict, points: Sequence[Mapping[str, 
   """Every point's name, full config and work directory, all checked before anything is written.
 
   `config` is a config file `PATH[:ARG]` or a config; `overrides` (dotted keys -> values) apply to every
-  point, the point's own values on top. A URL for `workdir`, a key the config lacks, a value of another type
+  point, the point's own values on top. A URL whose file system is not installed, a key the config lacks, a value of another type
   than its key's, a value `lgm.config_checks` refuses, or a point directory holding checkpoints of another
   config: one line.
   """
@@ -146,7 +146,7 @@ def run_sweep(config: str | ml_collections.ConfigDict, points: Sequence[Mapping[
   from lgm.train import trainer
   planned = plan(config, points, workdir, overrides)
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
+    files.makedirs(workdir)
     record = {'config': config if isinstance(config, str) else None, 'overrides': dict(overrides or {}),
               'points': [{'name': point.name, 'overrides': point.overrides} for point in planned]}
     files.write_json(os.path.join(workdir, SWEEP_FILE), record, indent=2)

@@ -257,8 +257,7 @@ _KINDS: dict[str, type[Tokenizer]] = {cls.kind: cls for cls in (ByteTokenizer, B
 
 def load(path: str) -> ByteTokenizer | BPETokenizer:
   """Reads a tokenizer written by `save` (a BPE tokenizer's `tokenizers` file, or lgm's JSON with 'kind')."""
-  with open(path) as f:
-    d = json.load(f)
+  d = files.read_json(path)
   if d.get('model', {}).get('type') == 'BPE':
     return BPETokenizer.from_hf_json(d)
   if d.get('kind') not in _KINDS:

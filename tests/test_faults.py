@@ -350,10 +350,3 @@ def test_score_and_job_values_are_checked_too(tmp_path):
                                        r"\[0, 100\]; report.guidances=\(1.0, 'three'\) must be a list of guidances"):
     jobs.run_job(job, str(tmp_path / 'job'))
   assert not (tmp_path / 'job').exists()
-
-
-def test_a_url_work_directory_is_refused_rather_than_written_to_a_local_folder(tmp_path, monkeypatch):
-  monkeypatch.chdir(tmp_path)
-  with pytest.raises(ValueError, match='gs://bucket/run: a work directory is a path every process sees'):
-    trainer.train_and_evaluate(make_tiny_config(), 'gs://bucket/run')
-  assert os.listdir(tmp_path) == []

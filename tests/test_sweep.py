@@ -110,10 +110,10 @@ def test_a_bad_point_is_refused_in_one_line_before_anything_is_written(bad, erro
   assert not workdir.exists()
 
 
-def test_a_url_workdir_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+def test_a_url_that_cannot_hold_work_directories_is_refused_before_anything_is_written(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
-  with pytest.raises(ValueError, match='gs://bucket/sweep: a work directory is a path every process sees'):
-    sweeps.run_sweep(base_config(), POINTS, 'gs://bucket/sweep')
+  with pytest.raises(ValueError, match='s3://bucket/sweep: a work directory is a gs:// bucket or a path'):
+    sweeps.run_sweep(base_config(), POINTS, 's3://bucket/sweep')
   assert os.listdir(tmp_path) == []
 
 

@@ -10,16 +10,17 @@ holding the directory also keeps only the newest `keep_checkpoints` steps, even 
 partly written temporary directories are removed).
 
 DIR/checkpoints/STEP/   orbax: {'state': TrainState, 'meta': {'step', 'data': {'next_step'}}}
+
+On a local disk orbax writes STEP.orbax-checkpoint-tmp-* and renames it; on an object store (no rename) it
+writes STEP/ in place and commits it with STEP/commit_success.txt, so only such steps count as committed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging as pylogging
 import os
 import re
-import shutil
 import sys
 import zlib
 from typing import Any
@@ -32,6 +33,7 @@ from jax.experimental import multihost_utils
 from lgm import files
 
 CORRUPT_PREFIX = 'corrupt-'
+_COMMITTED_ON_OBJECT_STORES = 'commit_success.txt'  # orbax's commit marker where it cannot rename
 _DIGEST = re.compile(r'^digest-(\d+)\.json$')
 
 
@@ -40,14 +42,16 @@ class CheckpointError(RuntimeError):
 
 
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), 'checkpoints')
+  return os.path.join(files.absolute(workdir), 'checkpoints')
 
 
 def committed_steps(directory: str) -> set[int]:
   """The steps of the committed checkpoints in a checkpoint directory (a listing: orbax is not started)."""
-  if not os.path.isdir(directory):
-    return set()
-  return {int(name) for name in os.listdir(directory) if name.isdigit()}
+  return {int(name) for name in files.listdir(directory) if name.isdigit() and _committed(directory, name)}
+
+
+def _committed(directory: str, name: str) -> bool:
+  return not files.is_url(directory) or files.exists(os.path.join(directory, name, _COMMITTED_ON_OBJECT_STORES))
 
 
 def saved_step(workdir: str) -> int:
@@ -117,10 +121,9 @@ class Checkpoints:
   def verify(self, step: int) -> str | None:
     """What is wrong with checkpoint `step` against its digest (None: intact, or written without one)."""
     path = self._digest_path(step)
-    if not os.path.exists(path):
+    if not files.exists(path):
       return None  # killed between orbax's commit and the digest: orbax's own checks remain
-    with open(path) as f:
-      expected = json.load(f)
+    expected = files.read_json(path)
     actual = _digest(os.path.join(self.directory, str(step)))
     for name, (size, crc) in sorted(expected.items()):
       if name not in actual:
@@ -144,9 +147,9 @@ class Checkpoints:
       yield
     except BaseException:
       if jax.process_index() == 0:
-        for name in os.listdir(self.directory):
-          if '.orbax-checkpoint-tmp' in name:
-            shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        for name in files.listdir(self.directory):
+          if '.orbax-checkpoint-tmp' in name or (name.isdigit() and not _committed(self.directory, name)):
+            files.rmtree(os.path.join(self.directory, name))
       raise
 
   def close(self) -> None:
@@ -157,7 +160,7 @@ class Checkpoints:
     if jax.process_index() != 0 or not self.writer:
       return
     present = committed_steps(self.directory)
-    digested = {int(m.group(1)) for name in os.listdir(self.directory) if (m := _DIGEST.match(name))}
+    digested = {int(m.group(1)) for name in files.listdir(self.directory) if (m := _DIGEST.match(name))}
     for step in sorted(present - digested):
       files.write_json(self._digest_path(step), _digest(os.path.join(self.directory, str(step))), indent=0)
     for step in digested - present:
@@ -172,9 +175,9 @@ class Checkpoints:
     if jax.process_index() == 0:
       target = os.path.join(self.directory, f'{CORRUPT_PREFIX}{step}')
       suffix = 1
-      while os.path.exists(target):
+      while files.exists(target):
         target, suffix = os.path.join(self.directory, f'{CORRUPT_PREFIX}{step}.{suffix}'), suffix + 1
-      os.rename(os.path.join(self.directory, str(step)), target)
+      files.rename(os.path.join(self.directory, str(step)), target)
       files.remove_quietly(self._digest_path(step))
     multihost_utils.sync_global_devices(f'lgm: checkpoint {step} moved aside')
     self._manager.reload()
@@ -187,7 +190,7 @@ class Checkpoints:
       return
     if jax.process_index() == 0:
       for step in older:
-        shutil.rmtree(os.path.join(self.directory, str(step)), ignore_errors=True)
+        files.rmtree(os.path.join(self.directory, str(step)))
         files.remove_quietly(self._digest_path(step))
       logging.info('Removed checkpoints %s of %s (keep_checkpoints=%d).', older, self.directory, self._keep)
     multihost_utils.sync_global_devices('lgm: checkpoints pruned')
@@ -197,14 +200,12 @@ class Checkpoints:
 def _digest(step_dir: str) -> dict[str, list[int]]:
   """Relative path -> [size, CRC-32] of every file under a checkpoint directory."""
   out = {}
-  for root, _, names in os.walk(step_dir):
-    for name in names:
-      path = os.path.join(root, name)
-      crc = 0
-      with open(path, 'rb') as f:
-        while chunk := f.read(1 << 22):
-          crc = zlib.crc32(chunk, crc)
-      out[os.path.relpath(path, step_dir)] = [os.path.getsize(path), crc]
+  for name in files.file_names(step_dir):
+    crc, size = 0, 0
+    with files.open_file(os.path.join(step_dir, name), 'rb') as f:
+      while chunk := f.read(1 << 22):
+        crc, size = zlib.crc32(chunk, crc), size + len(chunk)
+    out[name] = [size, crc]
   return out
 
 

@@ -2,10 +2,12 @@
 
 metrics.jsonl is an append-only log: one JSON object per line, always with "step". A process killed while
 appending can leave a torn last line; readers drop it (with a warning) instead of refusing the file.
+TensorBoard event files under a URL work directory are written through `lgm.files` too (`_UrlEventFiles`).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from typing import Mapping
@@ -31,7 +33,7 @@ class MetricsWriter:
     self.workdir = workdir
     self.path = os.path.join(workdir, METRICS_FILE)
     self._tb = None
-    if not self.enabled or not os.path.exists(self.path):
+    if not self.enabled or not files.exists(self.path):
       return
     records, lines = _parse(self.path)
     kept = [r for r in records if resume_step is None or r['step'] <= resume_step]
@@ -43,11 +45,9 @@ class MetricsWriter:
     if not self.enabled:
       return
     record = {'step': int(step), **{k: float(v) for k, v in metrics.items()}}
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
+    files.append_text(self.path, json.dumps(record) + '\n')
     if self._tb is None:
-      from tensorboardX import SummaryWriter  # imported lazily: only the writing process needs it
-      self._tb = SummaryWriter(os.path.join(self.workdir, 'tb'))
+      self._tb = _summary_writer(os.path.join(self.workdir, 'tb'))
     for name, value in metrics.items():
       self._tb.add_scalar(name, float(value), int(step))
     self._tb.flush()
@@ -65,7 +65,7 @@ def read_metrics(workdir: str) -> list[dict]:
 def _parse(path: str) -> tuple[list[dict], int]:
   """The records of a metrics file and its number of non-empty lines."""
   records, bad, lines = [], [], 0
-  with open(path, 'rb') as f:
+  with files.open_file(path, 'rb') as f:
     for number, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -84,10 +84,44 @@ def _parse(path: str) -> tuple[list[dict], int]:
 
 def last_evaluation(workdir: str) -> dict[str, float]:
   """The `eval/...` values of the last evaluated step in DIR/metrics.jsonl ({} if none)."""
-  if not os.path.exists(os.path.join(workdir, METRICS_FILE)):
+  if not files.exists(os.path.join(workdir, METRICS_FILE)):
     return {}
   evaluated = [r for r in read_metrics(workdir) if any(k.startswith('eval/') for k in r)]
   if not evaluated:
     return {}
   last = evaluated[-1]['step']
   return {k: v for r in evaluated if r['step'] == last for k, v in r.items() if k.startswith('eval/')}
+
+
+def _summary_writer(logdir: str):
+  from tensorboardX import SummaryWriter, record_writer  # imported lazily: only the writing process needs it
+  if files.is_url(logdir):  # tensorboardX's own gs:// and s3:// writers need the clouds' client libraries
+    record_writer.register_writer_factory(logdir.split('://', 1)[0], _UrlEventFiles())
+  return SummaryWriter(logdir)
+
+
+class _UrlEventFiles:
+  """tensorboardX's writer factory for URLs: an event file kept in memory and uploaded whole at each flush
+  (objects cannot be appended to; a run's scalar events stay small)."""
+
+  def directory_check(self, path: str) -> None:
+    files.makedirs(path)
+
+  def open(self, path: str) -> '_UrlEventFile':
+    return _UrlEventFile(path)
+
+
+class _UrlEventFile:
+
+  def __init__(self, path: str):
+    self.path, self.buffer = path, io.BytesIO()
+
+  def write(self, data: bytes) -> None:
+    self.buffer.write(data)
+
+  def flush(self) -> None:
+    with files.replacing(self.path, 'wb') as f:
+      f.write(self.buffer.getvalue())
+
+  def close(self) -> None:
+    self.flush()

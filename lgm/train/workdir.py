@@ -21,10 +21,8 @@ RESUMABLE_KEYS = ('train.num_steps', 'train.log_every', 'train.checkpoint_every'
 
 
 def check_path(workdir: str) -> None:
-  """A work directory is a path on a file system every process sees; a URL would become a local folder."""
-  if '://' in workdir:
-    raise ValueError(f'{workdir}: a work directory is a path every process sees (a shared file system, or a '
-                     'bucket mounted with gcsfuse at the same path on every worker), not a URL.')
+  """A work directory is a path every process sees: a shared file system or a gs:// bucket (`lgm.files`)."""
+  files.check_work_directory(workdir)
 
 
 def config_path(workdir: str) -> str:
@@ -33,22 +31,19 @@ def config_path(workdir: str) -> str:
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   path = config_path(workdir)
-  if not os.path.exists(path):
+  if not files.exists(path):
     raise FileNotFoundError(f'{path} not found: {workdir} is not an lgm work directory; '
                             'train into it first with `python -m experiments.train`.')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(files.read_json(path))
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   """DIR/config.json, rewritten only when its text changes (a rerun of a finished run changes nothing)."""
   text = config.to_json(indent=2, sort_keys=True)
   path = config_path(workdir)
-  if os.path.exists(path):
-    with open(path) as f:
-      if f.read() == text:
-        return
-  os.makedirs(workdir, exist_ok=True)
+  if files.exists(path) and files.read_text(path) == text:
+    return
+  files.makedirs(workdir)
   files.write_text(path, text)
 
 
