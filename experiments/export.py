@@ -20,10 +20,10 @@ def main(argv):
   del argv
   import os
 
-  from lgm import export
+  from lgm import export, files
 
   manifest = export.export(_WORKDIR.value, _OUT.value)
-  size = sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(_OUT.value) for name in names)
+  size = sum(files.size(os.path.join(_OUT.value, name)) for name in files.file_names(_OUT.value))
   for name, stage in manifest['stages'].items():
     print(f'{name}: {stage["task"]}, step {stage["step"]}')
   print(f'{_OUT.value}: {size / 2**20:.1f} MiB')

@@ -89,6 +89,11 @@ def rename(source: str, target: str) -> None:
   epath.Path(source).rename(target)
 
 
+def size(path: str) -> int:
+  """A file's size in bytes."""
+  return epath.Path(path).stat().length
+
+
 def open_file(path: str, mode: str = 'r') -> IO:
   return epath.Path(path).open(mode)
 

@@ -174,7 +174,9 @@ def check_data(config: ml_collections.ConfigDict, skip: tuple[str, ...] = ()) ->
       raise ValueError(f'the stages disagree on data.{key} ({", ".join(f"{n}: {v}" for n, v in values.items())}); '
                        f'set it once for the whole job with --config.data.{key}=...')
   for name in trained:
-    stages.check_data(config[name])
+    built_on = {key: config[os.path.basename(relative)] for key, relative in config[name].get('stages', {}).items()
+                if os.path.basename(relative) in config.stage_order}
+    stages.check_data(config[name], built_on)
 
 
 def evaluate(workdir: str, num: int | None = None) -> dict[str, float]:

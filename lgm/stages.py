@@ -17,7 +17,7 @@ calling its class with parts of its own.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import ml_collections
@@ -85,10 +85,12 @@ def load_trained(workdir: str, use_ema: bool | None = None, mesh: jax.sharding.M
   return Trained(config=config, task=task, params=state.ema_params if use_ema else state.params, step=step)
 
 
-def check_data(config: ml_collections.ConfigDict) -> None:
+def check_data(config: ml_collections.ConfigDict,
+               built_on: Mapping[str, ml_collections.ConfigDict] | None = None) -> None:
   """One-line errors, before anything trains, for data that does not fit a stage: a dataset that cannot be
   opened, a text model without captions, a classifier without classes, an image size its model does not
-  divide (tasks built on trained stages get only the first checks)."""
+  divide. `built_on` gives the configs of the stages this one reads ('vae', 'clip': a job's), so that a model
+  on latents is checked at the latent size; without them such a stage gets only the first checks."""
   cls = task_class(config.task)
   needs = cls.needs(config)
   source = _source(config, config.data.train_split)
@@ -99,18 +101,43 @@ def check_data(config: ml_collections.ConfigDict) -> None:
                                    (config.data.eval_split, False, config.eval.batch_size)):
     loader_lib.make_loader(config, split, train=train, batch_size=batch_size,  # raises when a split is too small
                            max_examples=None if train else config.eval.num_examples)
-  if {'vae', 'clip'} & set(needs):
+  if not {'vae', 'clip'} & set(needs) <= set(built_on or {}):
     return
-  parts: dict[str, Any] = {}
-  for name in needs:
-    parts[name] = _PROVIDERS[name](config, None, parts)
   try:
-    jax.eval_shape(cls(config, **parts).init, jax.random.PRNGKey(0))
+    _check_shapes(config, built_on or {})
   except ValueError:
     raise
   except Exception as e:  # reshapes and convolutions of a size the model does not divide
-    raise ValueError(f'data.image_size={config.data.image_size} does not fit the {config.task} model '
+    on = ' on the latents of its VAE' if 'vae' in needs else ''
+    raise ValueError(f'data.image_size={config.data.image_size} does not fit the {config.task} model{on} '
                      f'({str(e).splitlines()[0][:200]}); use a size its downsampling divides.') from None
+
+
+def _shape_stand_in(config: ml_collections.ConfigDict, built_on: Mapping[str, ml_collections.ConfigDict],
+                    stage_params: Mapping[str, Any] | None = None) -> Task:
+  """The task of `config` with stand-ins for the parts that do not change its shapes: the stages it reads
+  untrained (`stage_params`: their parameters, abstract under `jax.eval_shape`), a byte tokenizer, a latent
+  scale of 1."""
+  parts: dict[str, Any] = {}
+  for name in task_class(config.task).needs(config):
+    if name in ('vae', 'clip'):
+      parts[name] = Trained(config=built_on[name], task=_shape_stand_in(built_on[name], {}),
+                            params=stage_params[name], step=0)
+    elif name == 'tokenizer':
+      parts[name] = tokenizer_lib.ByteTokenizer(config.tokenizer.context_length)
+    elif name == 'latent_scale':
+      parts[name] = 1.0
+    else:
+      parts[name] = _PROVIDERS[name](config, None, parts)
+  return task_class(config.task)(config, **parts)
+
+
+def _check_shapes(config: ml_collections.ConfigDict, built_on: Mapping[str, ml_collections.ConfigDict]) -> None:
+  """Builds the parameters of `config`'s task abstractly (no arrays), at the shapes its data gives it."""
+  key = jax.random.PRNGKey(0)
+  needed = {'vae', 'clip'} & set(task_class(config.task).needs(config))
+  stage_params = {name: jax.eval_shape(_shape_stand_in(built_on[name], {}).init, key) for name in needed}
+  jax.eval_shape(lambda key, params: _shape_stand_in(config, built_on, params).init(key), key, stage_params)
 
 
 def stage_dir(workdir: str, relative: str) -> str:

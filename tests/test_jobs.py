@@ -1,13 +1,14 @@
 """Jobs are generic: any stages, in the config's order, then the report the config names."""
 
-import json
+import contextlib
 import os
 
 import ml_collections
 import pytest
 
+from bucket import installed
 from conftest import make_tiny_config
-from lgm import jobs, reports
+from lgm import files, jobs, reports
 
 
 def _job(report_name: str) -> ml_collections.ConfigDict:
@@ -36,16 +37,18 @@ def recorded(monkeypatch):
   return calls
 
 
-def test_a_job_trains_its_stages_in_order_then_runs_its_report(recorded, tmp_path):
-  workdir = str(tmp_path)
-  assert jobs.run_job(_job('recorder'), workdir) == {'score': 1.0}
-  assert recorded == [('train', os.path.join(workdir, 'second')), ('train', os.path.join(workdir, 'first')),
-                      ('evaluate', workdir, 0.5, None), ('write', ['evaluation', 'first', 'second'], {'score': 1.0})]
-  with open(os.path.join(workdir, 'config.json')) as f:
-    assert json.load(f)['report']['name'] == 'recorder'
-  recorded.clear()
-  assert jobs.evaluate(workdir, num=7) == {'score': 1.0}  # re-evaluation reads the job's own config
-  assert recorded == [('evaluate', workdir, 0.5, 7)]
+@pytest.mark.parametrize('bucket', [False, True], ids=['local', 'bucket'])
+def test_a_job_trains_its_stages_in_order_then_runs_its_report(recorded, tmp_path, bucket):
+  workdir = 'gs://lgm-test/job' if bucket else str(tmp_path)
+  with installed(tmp_path / 'bucket') if bucket else contextlib.nullcontext():
+    assert jobs.run_job(_job('recorder'), workdir) == {'score': 1.0}
+    assert recorded == [('train', os.path.join(workdir, 'second')), ('train', os.path.join(workdir, 'first')),
+                        ('evaluate', workdir, 0.5, None), ('write', ['evaluation', 'first', 'second'], {'score': 1.0})]
+    assert files.read_json(os.path.join(workdir, 'config.json'))['report']['name'] == 'recorder'
+    recorded.clear()
+    assert jobs.evaluate(workdir, num=7) == {'score': 1.0}  # re-evaluation reads the job's own config
+    assert recorded == [('evaluate', workdir, 0.5, 7)]
+  assert not bucket or (tmp_path / 'bucket' / 'lgm-test' / 'job' / 'config.json').exists()
 
 
 def test_an_unknown_report_is_refused_before_anything_is_trained(recorded, tmp_path):
@@ -56,3 +59,16 @@ def test_an_unknown_report_is_refused_before_anything_is_trained(recorded, tmp_p
 
 def test_is_job_tells_jobs_from_single_runs():
   assert jobs.is_job(_job('recorder')) and not jobs.is_job(make_tiny_config())
+
+
+def test_a_score_model_that_does_not_divide_the_vaes_latents_is_refused_before_any_stage_trains(recorded, tmp_path):
+  from configs import t2i_shapes
+  job = t2i_shapes.get_config()
+  job.data.image_size = 24  # the VAE halves it to 12; the score model's two downsamplings and patches need 16
+  job.score.model.ch_mult = (1, 2, 2)
+  with pytest.raises(ValueError, match=r'data.image_size=24 does not fit the text_to_image model on the latents of '
+                                       r'its VAE \(.*\); use a size its downsampling divides'):
+    jobs.run_job(job, str(tmp_path / 'job'))
+  assert recorded == [] and not (tmp_path / 'job').exists()
+  job.data.image_size = 32
+  jobs.check_data(jobs.with_job_data(job))  # 16 x 16 latents fit

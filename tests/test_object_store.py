@@ -93,3 +93,14 @@ def test_a_url_that_cannot_hold_a_work_directory_is_one_line_and_creates_nothing
   with pytest.raises(ValueError, match=message):
     trainer.train_and_evaluate(make_tiny_config(), url)
   assert os.listdir(tmp_path) == []
+
+
+def test_a_text_stage_learns_its_tokenizer_once_and_reads_it_back_from_the_bucket(tmp_path):
+  from configs import t2i_shapes
+  config = t2i_shapes.get_config().clip
+  with installed(tmp_path / 'bucket'):
+    learned = stages.build_task(config, 'gs://lgm-test/t2i/clip').tokenizer
+    assert list(files.file_names('gs://lgm-test/t2i')) == [f'clip/{stages.TOKENIZER_FILE}']
+    read = stages.build_task(config, 'gs://lgm-test/t2i/clip').tokenizer
+  assert read.merges == learned.merges and len(read.merges) > 0
+  assert read(['a large red circle']).tolist() == learned(['a large red circle']).tolist()
