@@ -138,7 +138,7 @@ def _leased(workdir: str, shared: bool) -> Iterator[None]:
   try:
     yield
   except BaseException:
-    wrote_nothing = created and list(files.file_names(workdir)) == [LOCK_FILE]
+    wrote_nothing = created and _holds_nothing_but_the_lock(workdir)
     raise
   finally:
     stop.set()
@@ -191,8 +191,7 @@ def _agree(locked: bool) -> bool:
 
 def _holds_nothing_but_the_lock(workdir: str) -> bool:
   """No file under DIR but the lock (empty folders, such as checkpoints/, may have been created)."""
-  names = [os.path.join(root, name) for root, _, names in os.walk(workdir) for name in names]
-  return names == [os.path.join(workdir, LOCK_FILE)]
+  return list(files.file_names(workdir)) == [LOCK_FILE]
 
 
 def _read_holder(fd: int) -> dict:
