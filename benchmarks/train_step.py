@@ -1,6 +1,7 @@
 """Train-step throughput of a config, and its achieved FLOP/s as a fraction of this machine's matmul peak.
 
 python -m benchmarks.train_step --config=configs/vae_shapes.py [--steps=30] [--workdir=DIR]
+python -m benchmarks.train_step --config=configs/vae_digits.py --config.train.steps_per_call=8   # 8 steps a call
 
 The peak is measured here, not quoted: the best f32 2048x2048 matmul rate through jax.jit. The
 train step's FLOPs are XLA's count of the step before backend optimisation (forward, backward, optimizer,
@@ -59,29 +60,35 @@ def synthetic_batch(task, batch_size: int) -> dict[str, np.ndarray]:
 
 
 def measure(config, steps: int = 30, peak: float | None = None, workdir: str | None = None) -> dict:
-  """Timings of `steps` train steps of `config` on synthetic data (after 3 warm-up steps)."""
+  """Timings of `steps` train steps of `config` on synthetic data (after 3 warm-up calls); with
+  `train.steps_per_call` = k, `steps` rounded up to calls of k steps (times and FLOPs are per step)."""
   mesh = mesh_lib.make_mesh(config.mesh)
   task = stages.build_task(config, workdir)
   tx, schedule = state_lib.make_optimizer(config)
   state, shardings = state_lib.create_train_state(task.init, tx, config.seed, mesh)
-  step = state_lib.make_train_step(task.loss, tx, schedule, config.train.ema_decay, mesh, shardings)
+  per_call = config.train.get('steps_per_call', 1)
+  step = state_lib.make_train_step(task.loss, tx, schedule, config.train.ema_decay, mesh, shardings, per_call)
   batch_size = config.train.batch_size
-  batch = jax.device_put(synthetic_batch(task, batch_size), mesh_lib.batch_sharding(mesh))
+  batch = synthetic_batch(task, batch_size)
+  if per_call > 1:
+    batch = {k: np.stack([v] * per_call) for k, v in batch.items()}
+  batch = jax.device_put(batch, mesh_lib.batch_sharding(mesh, stacked=per_call > 1))
   start = time.perf_counter()
-  step_flops = inspection.program_flops(lambda s, b: step(s, b), state, batch)  # `step`'s program, counted
+  step_flops = inspection.program_flops(lambda s, b: step(s, b), state, batch) / per_call  # `step`'s program
   for _ in range(3):
     state, metrics = step(state, batch)
   jax.block_until_ready(metrics)
   compile_seconds = time.perf_counter() - start
+  calls = -(-steps // per_call)
   start = time.perf_counter()
-  for _ in range(steps):
+  for _ in range(calls):
     state, metrics = step(state, batch)
   jax.block_until_ready(metrics)
-  seconds = (time.perf_counter() - start) / steps
+  seconds = (time.perf_counter() - start) / (calls * per_call)
   peak = peak or matmul_peak_flops()
   return {
       'model': config.model.name, 'devices': f'{mesh.size} x {jax.devices()[0].device_kind}',
-      'compute_dtype': config.train.compute_dtype, 'batch_size': batch_size,
+      'compute_dtype': config.train.compute_dtype, 'batch_size': batch_size, 'steps_per_call': per_call,
       'step_ms': 1e3 * seconds, 'images_per_sec': batch_size / seconds,
       'compile_and_warmup_s': compile_seconds,
       'step_gflop': step_flops / 1e9, 'achieved_gflops': step_flops / seconds / 1e9,

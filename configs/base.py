@@ -31,6 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
   train.log_every = 50
   train.checkpoint_every = 500
   train.keep_checkpoints = 3
+  train.steps_per_call = 1       # optimizer steps per compiled call (lax.scan); divides the step counts above
   train.ema_decay = 0.999
   train.compute_dtype = 'float32'  # or bfloat16 (mixed precision: parameters stay float32)
 

@@ -75,6 +75,7 @@ RULES: dict[str, Rule] = {
     'checkpoint_every': POSITIVE_INT,
     'eval.every': POSITIVE_INT,
     'keep_checkpoints': POSITIVE_INT,
+    'steps_per_call': POSITIVE_INT,
     'batch_size': POSITIVE_INT,
     'num_examples': POSITIVE_INT,
     'image_size': POSITIVE_INT,
@@ -123,12 +124,25 @@ def problems(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
     message = rule(value) if rule else None
     if message:
       found.append(f'{prefix}{key}={value!r} {message}')
+  found += _step_multiples(config, prefix)
   mesh = config.get('mesh')
   if mesh is not None:
     for axis, size in mesh.items():
       if isinstance(size, bool) or not isinstance(size, int) or (size != -1 and size < 1):
         found.append(f'{prefix}mesh.{axis}={size!r} must be a positive integer, or -1 for the remaining devices')
   return found
+
+
+def _step_multiples(config: ml_collections.ConfigDict, prefix: str) -> list[str]:
+  """Several steps per call log, evaluate, checkpoint and stop only at multiples of their number."""
+  per_call = config.get('train', {}).get('steps_per_call', 1)
+  if POSITIVE_INT(per_call) or per_call == 1:
+    return []
+  counts = {'train.num_steps': config.train.get('num_steps'), 'train.log_every': config.train.get('log_every'),
+            'train.checkpoint_every': config.train.get('checkpoint_every'),
+            'eval.every': config.get('eval', {}).get('every')}
+  return [f'{prefix}{key}={value} must be a multiple of train.steps_per_call={per_call}'
+          for key, value in counts.items() if isinstance(value, int) and value % per_call]
 
 
 def check_run(config: ml_collections.ConfigDict) -> None:

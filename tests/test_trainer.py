@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 
 import jax
@@ -136,3 +137,41 @@ def test_metrics_and_work_directory_files(trained_workdir):
   samples = sorted(os.listdir(os.path.join(trained_workdir, 'samples')))
   assert 'reconstructions_000040.png' in samples and 'prior_samples_000040.png' in samples
   assert os.listdir(os.path.join(trained_workdir, 'tb'))
+
+
+def test_several_steps_per_call_follow_the_single_step_trajectory_and_checkpoint_at_the_same_steps(
+    trained_workdir, tmp_path):
+  """train.steps_per_call=2 (a lax.scan over 2 batches) against the tiny run's single steps; then resumed
+  from its step-20 checkpoint."""
+  from lgm import stages
+  workdir = str(tmp_path / 'scan')
+  trainer.train_and_evaluate(make_tiny_config(**{'train.steps_per_call': 2, 'train.log_every': 2}), workdir)
+  steps = lambda w: sorted(int(d) for d in os.listdir(os.path.join(w, 'checkpoints')) if d.isdigit())
+  assert steps(workdir) == steps(trained_workdir) == [20, 30, 40]
+  single, scanned = metrics_lib.read_metrics(trained_workdir), metrics_lib.read_metrics(workdir)
+  evals = lambda records: {r['step']: r for r in records if 'eval/psnr' in r}
+  for step, record in evals(single).items():
+    for key, value in record.items():
+      np.testing.assert_allclose(evals(scanned)[step][key], value, rtol=1e-6, err_msg=f'{key} at step {step}')
+  per_step = losses_by_step(trained_workdir)
+  pairs = losses_by_step(workdir)  # the mean of the two steps of each call
+  assert sorted(pairs) == list(range(2, 41, 2))
+  for step, loss in pairs.items():
+    np.testing.assert_allclose(loss, (per_step[step - 1] + per_step[step]) / 2, rtol=1e-6, err_msg=f'step {step}')
+
+  for step in (30, 40):  # resumed from step 20, as after a kill
+    shutil.rmtree(os.path.join(workdir, 'checkpoints', str(step)))
+    os.remove(os.path.join(workdir, 'checkpoints', f'digest-{step}.json'))
+  trainer.train_and_evaluate(make_tiny_config(**{'train.steps_per_call': 2, 'train.log_every': 2}), workdir)
+  assert steps(workdir) == [20, 30, 40]
+  resumed, reference = stages.load_trained(workdir), stages.load_trained(trained_workdir)
+  for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(reference.params), strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_step_counts_that_steps_per_call_does_not_divide_are_one_line(tmp_path):
+  config = make_tiny_config(**{'train.steps_per_call': 4})  # log_every 1, checkpoint_every 10, eval.every 20
+  with pytest.raises(ValueError, match=r'train.log_every=1 must be a multiple of train.steps_per_call=4; '
+                                       r'train.checkpoint_every=10 must be a multiple of train.steps_per_call=4'):
+    trainer.train_and_evaluate(config, str(tmp_path / 'w'))
+  assert not (tmp_path / 'w').exists()

@@ -52,9 +52,10 @@ def make_mesh(mesh_config: ml_collections.ConfigDict | dict, devices=None) -> Me
   return Mesh(np.array(devices).reshape(tuple(shape.values())), tuple(shape))
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) axis split over every mesh axis."""
-  return NamedSharding(mesh, P(mesh.axis_names))
+def batch_sharding(mesh: Mesh, stacked: bool = False) -> NamedSharding:
+  """Leading (batch) axis split over every mesh axis; `stacked`: batches stacked on a new leading axis, the
+  batch axis second (several train steps per call)."""
+  return NamedSharding(mesh, P(None, mesh.axis_names) if stacked else P(mesh.axis_names))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

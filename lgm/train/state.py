@@ -75,8 +75,15 @@ def create_train_state(init_params: Callable[[jax.Array], PyTree], tx: optax.Gra
 
 
 def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    ema_decay: float, mesh: Mesh, shardings: TrainState) -> Callable:
-  """jit(state, batch) -> (state, metrics), donating the state; metrics are replicated scalars."""
+                    ema_decay: float, mesh: Mesh, shardings: TrainState, steps_per_call: int = 1) -> Callable:
+  """jit(state, batch) -> (state, metrics), donating the state; metrics are replicated scalars.
+
+  With `steps_per_call` = k > 1 the call takes k batches stacked on a new leading axis and makes k optimizer
+  steps in one program: one launch per k steps, for models small enough to be bound by launches; the metrics
+  come back stacked, one row per step. The k steps are unrolled (k copies of the step, compile time grows
+  with k): as a loop (`lax.scan`'s while loop) the tiny VAE's step ran 26x slower on XLA:CPU. XLA fuses
+  across the copies, so the trajectory equals k single steps to float rounding, not bit for bit.
+  """
 
   def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(state.rng, state.step)
@@ -92,5 +99,7 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedul
                               opt_state=opt_state)
     return new_state, metrics
 
-  return jax.jit(step, in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
+  stacked = steps_per_call > 1
+  return jax.jit((lambda state, batches: jax.lax.scan(step, state, batches, unroll=True)) if stacked else step,
+                 in_shardings=(shardings, mesh_lib.batch_sharding(mesh, stacked)),
                  out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)

@@ -44,14 +44,19 @@ def check_batch_size(batch_size: int, num_devices: int, what: str = 'train.batch
 
 
 def global_batches(loader: loader_lib.Loader, mesh, start_step: int = 0, num_steps: int | None = None,
-                   prepare: Callable[[dict], dict] | None = None) -> Iterator[dict[str, jax.Array]]:
-  """Process-local numpy batches -> (host-side `prepare`) -> global arrays sharded over the batch axis."""
-  sharding = mesh_lib.batch_sharding(mesh)
+                   prepare: Callable[[dict], dict] | None = None,
+                   steps_per_call: int = 1) -> Iterator[dict[str, jax.Array]]:
+  """Process-local numpy batches -> (host-side `prepare`) -> global arrays sharded over the batch axis; with
+  `steps_per_call` = k > 1, k consecutive batches stacked on a new leading axis (`num_steps` a multiple of k)."""
+  sharding = mesh_lib.batch_sharding(mesh, stacked=steps_per_call > 1)
+  group = []
   for batch in loader.batches(start_step, num_steps):
-    if prepare is not None:
-      batch = prepare(batch)
-    yield {k: jax.make_array_from_process_local_data(sharding, v)
-           for k, v in loader_lib.device_fields(batch).items()}
+    group.append(loader_lib.device_fields(prepare(batch) if prepare is not None else batch))
+    if len(group) < steps_per_call:
+      continue
+    fields = group[0] if steps_per_call == 1 else {k: np.stack([g[k] for g in group]) for k in group[0]}
+    group = []
+    yield {k: jax.make_array_from_process_local_data(sharding, v) for k, v in fields.items()}
 
 
 def evaluate(task: Task, params: Any, eval_loader: loader_lib.Loader, mesh, seed: int,
@@ -151,8 +156,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
     logging.info('Resumed from the checkpoint of step %d in %s.', saved, workdir)
   if proc == 0:
     workdir_lib.write_config(workdir, config)
-  train_step = mesh_lib.compile_then_synchronize(
-      state_lib.make_train_step(task.loss, tx, schedule, config.train.ema_decay, mesh, shardings), 'train_step')
+  per_call = config.train.get('steps_per_call', 1)
+  if start_step % per_call:
+    raise ValueError(f'{workdir} resumes at step {start_step}, which train.steps_per_call={per_call} does not '
+                     f'divide; resume with a steps_per_call that divides {start_step}, then change it.')
+  train_step = mesh_lib.compile_then_synchronize(state_lib.make_train_step(
+      task.loss, tx, schedule, config.train.ema_decay, mesh, shardings, per_call), 'train_step')
   eval_step = mesh_lib.compile_then_synchronize(jax.jit(task.evaluate), 'eval_step')
   images_fn = mesh_lib.compile_then_synchronize(jax.jit(task.images), 'images')
   writer = metrics_lib.MetricsWriter(workdir, resume_step=start_step)
@@ -177,23 +186,23 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
   step = start_step
   try:
     for batch in global_batches(train_loader, mesh, start_step, num_steps - start_step,
-                                task.prepare_batch):
+                                task.prepare_batch, per_call):
       state, metrics = train_step(state, batch)
-      pending.append(metrics)
-      step += 1
-      bar.update(1)
-      if step == start_step + 1:  # the first step compiled the program: time from its end
+      pending.append(metrics)  # scalars, or one row per step of the call
+      step += per_call
+      bar.update(per_call)
+      if step == start_step + per_call:  # the first call compiled the program: time from its end
         jax.block_until_ready(metrics)
         window_start, train_seconds, timed_steps = time.perf_counter(), 0.0, 0
       else:
-        timed_steps += 1
+        timed_steps += per_call
       stop_now = stopper.requested  # read once: a signal arriving later waits for the next step
       save_now = step % config.train.checkpoint_every == 0 or step == num_steps or stop_now
       log_now = step % config.train.log_every == 0 or save_now  # a resumed run never re-logs saved steps
       eval_now = step % config.eval.every == 0 or step == num_steps
       if not (log_now or eval_now or save_now):
         continue
-      means = {k: float(np.mean([m[k] for m in pending])) for k in pending[0]}
+      means = {k: float(np.mean(np.concatenate([np.atleast_1d(m[k]) for m in pending]))) for k in pending[0]}
       train_seconds += time.perf_counter() - window_start
       if not (np.isfinite(means['loss']) and np.isfinite(means['grad_norm'])):
         save(step, means['loss'] + means['grad_norm'])  # raises: never checkpoint a diverged state
@@ -209,7 +218,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
         writer.write(step, last_eval)
         if proc == 0:
           bar.write(f'step {step}: ' + ', '.join(f'{k}={v:.4g}' for k, v in last_eval.items()))
-        write_sample_grids(images_fn, eval_params(state), batch, workdir, step, config.seed)
+        last_batch = batch if per_call == 1 else jax.tree.map(lambda x: x[-1], batch)
+        write_sample_grids(images_fn, eval_params(state), last_batch, workdir, step, config.seed)
       if save_now:
         save(step, means['loss'] + means['grad_norm'])
       window_start = time.perf_counter()

@@ -17,7 +17,7 @@ from lgm.train import checkpoints
 
 # Keys a resumed run may change: they alter how long or how verbosely it runs, not what it learns.
 RESUMABLE_KEYS = ('train.num_steps', 'train.log_every', 'train.checkpoint_every', 'train.keep_checkpoints',
-                  'data.num_threads', 'eval.')
+                  'train.steps_per_call', 'data.num_threads', 'eval.')
 
 
 def check_path(workdir: str) -> None:
