@@ -1,0 +1,199 @@
+"""lgm against the PyTorch model its users would otherwise pick, side by side in one run on one machine.
+
+python -m benchmarks.peer [--batch=8] [--steps=5] [--threads=2] [--torch_compile] [--out=FILE.jsonl]
+python -m benchmarks.peer --model=t2i --t2i_workdir=runs/t2i_shapes --batch=64
+
+`--model=ddpm`: Ho et al.'s DDPM U-Net for 32x32 images. lgm: `configs/score_sde/cifar10_ddpm.py`
+(35,218,947 parameters). PyTorch: diffusers' `UNet2DModel` with the configuration of google/ddpm-cifar10-32
+(the same blocks, channels, attention at 16x16 and mid-block; 35,746,307 parameters: diffusers' attention
+has biases and its time embedding one more layer).
+`--model=t2i`: the latent score model of a trained text-to-image job (its `score` stage config, on its VAE's
+8x8x4 latents, cross-attending to its CLIP text tower's 24 token features of width 128; lgm's step also runs
+that frozen text tower). PyTorch: diffusers' `UNet2DConditionModel` at the same widths (48, 96), one resnet
+per level, cross-attention at both levels and in the middle, context width 128: 2.45M parameters against
+lgm's 1.89M (diffusers' transformer blocks add a feed-forward layer), so each line also gives the step's
+FLOPs as each side counts them (lgm: XLA's count of the program; PyTorch: `FlopCounterMode`).
+Random weights (lgm's text tower: the job's), synthetic batches: speed only.
+
+For each side and dtype (float32; bfloat16 mixed precision: lgm's `train.compute_dtype`, PyTorch's
+`torch.autocast`), one line per measurement:
+- `train_step`: noise-prediction loss, backward, Adam, gradient-norm clipping, EMA (lgm: its trainer's
+  jitted step; PyTorch: fused Adam where the build has it, `torch._foreach_lerp_` for the EMA), the median
+  of `--steps` steps after two warm-up steps;
+- `forward`: one network evaluation (the unit of sampling), median of `--steps` calls.
+PyTorch runs eager, with channels_last as well (its documented speed-up for convolutions), and with
+`torch.compile` when asked (contiguous layout; minutes of compiling on CPU). The last line gives lgm's time over PyTorch's best
+for each measurement (below 1: lgm is faster). PyTorch and diffusers come with the test extra (`.[test]`).
+"""
+
+import os
+import statistics
+import time
+
+import jax
+from absl import app, flags
+
+from benchmarks import report
+from benchmarks import train_step as train_step_lib
+from configs.score_sde import cifar10_ddpm
+
+_BATCH = flags.DEFINE_integer('batch', 8, 'Batch size of every measurement.')
+_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps or calls per measurement (the median is reported).')
+_THREADS = flags.DEFINE_integer('threads', 0, 'PyTorch CPU threads (0: one per core, as XLA uses).')
+_COMPILE = flags.DEFINE_bool('torch_compile', False, 'Also measure PyTorch with torch.compile.')
+_OUT = flags.DEFINE_string('out', None, 'Append the JSON lines to this file.')
+_MODEL = flags.DEFINE_enum('model', 'ddpm', ['ddpm', 't2i'], 'Which pair of models to compare.')
+_T2I_WORKDIR = flags.DEFINE_string('t2i_workdir', None, 'A trained text-to-image job (--model=t2i).')
+
+
+def median_ms(fn, steps: int, warmup: int = 2) -> float:
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return 1e3 * statistics.median(times)
+
+
+# --- lgm -----------------------------------------------------------------------------------------------
+def lgm_config(model: str, batch: int, dtype: str):
+  if model == 'ddpm':
+    config = cifar10_ddpm.get_config()
+  else:
+    from lgm.train import workdir as workdir_lib
+    config = workdir_lib.read_config(os.path.join(_T2I_WORKDIR.value, 'score'))
+  config.train.batch_size = batch
+  config.train.compute_dtype = dtype
+  config.mesh = {'data': 1}  # one device, as PyTorch
+  return config
+
+
+def lgm_measurements(model: str, batch: int, steps: int, dtype: str) -> list[dict]:
+  from lgm import stages
+  config = lgm_config(model, batch, dtype)
+  workdir = os.path.join(_T2I_WORKDIR.value, 'score') if model == 't2i' else None
+  train = train_step_lib.measure(config, steps=steps, workdir=workdir)
+  task = stages.build_task(config, workdir)
+  params = jax.jit(task.init)(jax.random.PRNGKey(0))
+  x = jax.random.normal(jax.random.PRNGKey(1), (batch, *task.data_shape))
+  t = jax.random.uniform(jax.random.PRNGKey(2), (batch,), minval=0.01, maxval=1.0)
+  if model == 't2i':  # the network under the guidance: text features computed once per prompt batch
+    condition = task.text_conditioning(params, task.tokenize(['a large red circle in the top left'] * batch))
+    forward = jax.jit(lambda params, x, t: task.score_fn(params, **condition)(x, t))
+  else:
+    forward = jax.jit(lambda params, x, t: task.score_fn(params)(x, t))
+  common = {'side': 'lgm', 'model': model, 'params': train['params'], 'dtype': dtype, 'batch': batch}
+  return [{**common, 'what': 'train_step', 'ms': train['step_ms'], 'gflop': train['step_gflop']},
+          {**common, 'what': 'forward', 'ms': median_ms(lambda: jax.block_until_ready(forward(params, x, t)), steps)}]
+
+
+# --- PyTorch / diffusers -------------------------------------------------------------------------------
+def torch_ddpm():
+  from diffusers import UNet2DModel
+  return UNet2DModel(  # google/ddpm-cifar10-32
+      sample_size=32, in_channels=3, out_channels=3, layers_per_block=2, block_out_channels=(128, 256, 256, 256),
+      down_block_types=('DownBlock2D', 'AttnDownBlock2D', 'DownBlock2D', 'DownBlock2D'),
+      up_block_types=('UpBlock2D', 'UpBlock2D', 'AttnUpBlock2D', 'UpBlock2D'), norm_num_groups=32,
+      dropout=0.1, flip_sin_to_cos=False, freq_shift=1, downsample_padding=0, attention_head_dim=None)
+
+
+def torch_t2i():
+  from diffusers import UNet2DConditionModel
+  return UNet2DConditionModel(
+      sample_size=8, in_channels=4, out_channels=4, block_out_channels=(48, 96), layers_per_block=1,
+      down_block_types=('CrossAttnDownBlock2D', 'CrossAttnDownBlock2D'),
+      up_block_types=('CrossAttnUpBlock2D', 'CrossAttnUpBlock2D'), mid_block_type='UNetMidBlock2DCrossAttn',
+      cross_attention_dim=128, attention_head_dim=4, norm_num_groups=16)
+
+
+def torch_measurements(model_name: str, batch: int, steps: int, dtype: str, channels_last: bool,
+                       compiled: bool) -> list[dict]:
+  import torch
+  torch.manual_seed(0)
+  model = torch_ddpm() if model_name == 'ddpm' else torch_t2i()
+  memory_format = torch.channels_last if channels_last else torch.contiguous_format
+  model = model.to(memory_format=memory_format)
+  params = [p for p in model.parameters() if p.requires_grad]
+  try:
+    optimizer = torch.optim.Adam(params, lr=2e-4, fused=True)
+    fused = True
+  except (RuntimeError, TypeError):
+    optimizer, fused = torch.optim.Adam(params, lr=2e-4, foreach=True), False
+  ema = [p.detach().clone() for p in params]
+  alphas = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000), 0)
+  shape = (batch, 3, 32, 32) if model_name == 'ddpm' else (batch, 4, 8, 8)
+  x0 = torch.randn(*shape).to(memory_format=memory_format)
+  context = {} if model_name == 'ddpm' else {'encoder_hidden_states': torch.randn(batch, 24, 128)}
+  bf16 = dtype == 'bfloat16'
+  network = torch.compile(model) if compiled else model
+
+  def train_step():
+    t = torch.randint(0, 1000, (batch,))
+    noise = torch.randn_like(x0)
+    a = alphas[t].view(-1, 1, 1, 1)
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
+      prediction = network(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, **context).sample
+    loss = torch.nn.functional.mse_loss(prediction.float(), noise)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    with torch.no_grad():
+      torch._foreach_lerp_(ema, params, 1e-4)
+
+  t_eval = torch.randint(0, 1000, (batch,))
+
+  def forward():
+    with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
+      network(x0, t_eval, **context)
+
+  count = sum(p.numel() for p in params)
+  gflop = None
+  if not compiled:  # the counter sees eager operators
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as flops:
+      train_step()
+    gflop = flops.get_total_flops() / 1e9
+  common = {'side': 'pytorch', 'model': type(model).__name__, 'params': count, 'dtype': dtype, 'batch': batch,
+            'channels_last': channels_last, 'torch_compile': compiled, 'fused_adam': fused,
+            'torch': torch.__version__, 'threads': torch.get_num_threads()}
+  return [{**common, 'what': 'train_step', 'ms': median_ms(train_step, steps), 'gflop': gflop},
+          {**common, 'what': 'forward', 'ms': median_ms(forward, steps)}]
+
+
+def main(argv):
+  del argv
+  import torch
+  if _THREADS.value:
+    torch.set_num_threads(_THREADS.value)
+  batch, steps = _BATCH.value, _STEPS.value
+  device = jax.devices()[0].device_kind
+  records = []
+  for dtype in ('float32', 'bfloat16'):
+    for record in lgm_measurements(_MODEL.value, batch, steps, dtype):
+      records.append(record)
+      report({**record, 'device': device}, _OUT.value)
+    variants = [(False, False), (True, False)] + ([(False, True)] if _COMPILE.value else [])
+    for channels_last, compiled in variants:  # (compiling takes minutes on CPU: once per dtype)
+      for record in torch_measurements(_MODEL.value, batch, steps, dtype, channels_last, compiled):
+        records.append(record)
+        report({**record, 'device': device}, _OUT.value)
+  ratios = {}
+  for dtype in ('float32', 'bfloat16'):
+    for what in ('train_step', 'forward'):
+      lgm = [r['ms'] for r in records if r['side'] == 'lgm' and r['dtype'] == dtype and r['what'] == what]
+      peer = [r['ms'] for r in records if r['side'] == 'pytorch' and r['dtype'] == dtype and r['what'] == what]
+      ratios[f'{what}_{dtype}'] = lgm[0] / min(peer)
+  best_peer = {what: min(r['ms'] for r in records if r['side'] == 'pytorch' and r['what'] == what)
+               for what in ('train_step', 'forward')}
+  best_lgm = {what: min(r['ms'] for r in records if r['side'] == 'lgm' and r['what'] == what)
+              for what in ('train_step', 'forward')}
+  ratios.update({f'{what}_best_of_each': best_lgm[what] / best_peer[what] for what in best_lgm})
+  report({'what': 'lgm_time_over_pytorch_best', 'model': _MODEL.value, 'device': device, 'batch': batch, **ratios},
+         _OUT.value)
+
+
+if __name__ == '__main__':
+  app.run(main)
