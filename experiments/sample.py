@@ -47,7 +47,7 @@ def main(argv):
   import jax
   import numpy as np
 
-  from lgm import exported, images, jobs, stages
+  from lgm import exported, images, jobs, provenance, stages
   from lgm.export import GENERATING_STAGES
   from lgm.pipeline import TextToImage
   from lgm.train import workdir as workdir_lib
@@ -75,15 +75,20 @@ def main(argv):
       raise ValueError('--init_image draws variations of the image alone; leave out --prompt and --negative_prompt.')
     samples = pipe.variations(images.read_image(_INIT_IMAGE.value, pipe.image_shape), _NUM.value, seed=_SEED.value,
                               guidance=_GUIDANCE.value, sampler=_SAMPLER.value, steps=_STEPS.value)
+    recipe = pipe.recipe('', None, _GUIDANCE.value, range(_SEED.value, _SEED.value + _NUM.value), _SAMPLER.value,
+                         _STEPS.value, 'prior')
+    recipe['init_image'] = os.path.basename(_INIT_IMAGE.value)
     print(f'{_NUM.value} variations of {_INIT_IMAGE.value}')
-    print(images.save_grid(_OUT.value, samples, upscale=2))
+    print(images.save_grid(_OUT.value, samples, upscale=2, text=provenance.png_text(recipe)))
     return
   if pipe is not None:
     samples, nfe = pipe([_PROMPT.value or ''] * _NUM.value, negative_prompt=_NEGATIVE.value,
                         guidance=_GUIDANCE.value, seed=_SEED.value, sampler=_SAMPLER.value, steps=_STEPS.value,
                         route=_ROUTE.value)
+    recipe = pipe.recipe(_PROMPT.value or '', _NEGATIVE.value, _GUIDANCE.value,
+                         range(_SEED.value, _SEED.value + _NUM.value), _SAMPLER.value, _STEPS.value, _ROUTE.value, nfe)
     print(f'{_NUM.value} samples, {nfe} score evaluations each')
-    print(images.save_grid(_OUT.value, samples, upscale=2))
+    print(images.save_grid(_OUT.value, samples, upscale=2, text=provenance.png_text(recipe)))
     return
   task = trained.task
   unsupported = [name for name in flags_given if name not in task.sample_flags]
@@ -93,8 +98,12 @@ def main(argv):
                      f'--{", --".join(unsupported)} ({takes}).')
   options = {SAMPLE_OPTIONS[name]: value for name, value in flags_given.items()}
   samples, nfe = task.sample(trained.params, jax.random.PRNGKey(_SEED.value), _NUM.value, **options)
+  sampling = getattr(task, 'sampling', {})  # score models; a VAE decodes its prior's draws
+  recipe = provenance.recipe(provenance.model_id(trained.params), seed=_SEED.value, num=_NUM.value,
+                             sampler=options.get('method', sampling.get('method')),
+                             steps=options.get('num_steps', sampling.get('num_steps')), network_evaluations=nfe)
   print(f'{_NUM.value} samples, {nfe} network evaluations each')
-  print(images.save_grid(_OUT.value, np.asarray(samples), upscale=2))
+  print(images.save_grid(_OUT.value, np.asarray(samples), upscale=2, text=provenance.png_text(recipe)))
 
 
 def cli() -> None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Mapping
 
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from lgm import files
 
@@ -70,26 +71,31 @@ def make_grid(images, ncol: int | None = None, pad: int = 1, pad_value=255) -> n
   return grid
 
 
-def save_png(path: str, array_uint8: np.ndarray) -> str:
-  """Writes uint8 (H, W), (H, W, 1) or (H, W, 3) pixels as PNG, creating parent dirs; returns path."""
+def save_png(path: str, array_uint8: np.ndarray, text: Mapping[str, str] | None = None) -> str:
+  """Writes uint8 (H, W), (H, W, 1) or (H, W, 3) pixels as PNG, creating parent dirs; returns path. `text`:
+  PNG text chunks (UTF-8), e.g. a generation's recipe (`lgm.provenance`)."""
   array = np.asarray(array_uint8)
   if array.dtype != np.uint8:
     raise TypeError(f'save_png expects uint8 pixels, got {array.dtype}; convert with to_uint8')
   if array.ndim == 3 and array.shape[-1] == 1:
     array = array[..., 0]
   files.makedirs(os.path.dirname(path) or '.')
+  info = PngImagePlugin.PngInfo()
+  for key, value in (text or {}).items():
+    info.add_itxt(key, value)
   with files.replacing(path, 'wb') as f:
-    Image.fromarray(array).save(f, format='PNG')
+    Image.fromarray(array).save(f, format='PNG', pnginfo=info)
   return path
 
 
-def save_grid(path: str, images, ncol: int | None = None, upscale: int = 1) -> str:
+def save_grid(path: str, images, ncol: int | None = None, upscale: int = 1,
+              text: Mapping[str, str] | None = None) -> str:
   """Saves `images` as a PNG grid and returns the path.
 
   `upscale` enlarges each image (nearest neighbour) so that 32x32 samples are visible; it is
   applied before tiling, so the lines between tiles stay one pixel wide.
   """
-  return save_png(path, make_grid(upscale_nearest(to_rgb_uint8(images), upscale), ncol=ncol))
+  return save_png(path, make_grid(upscale_nearest(to_rgb_uint8(images), upscale), ncol=ncol), text)
 
 
 def read_image(path: str, shape: tuple[int, int, int]) -> np.ndarray:

@@ -25,14 +25,15 @@ text diffs).
 
 from __future__ import annotations
 
+import functools
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lgm import batching, exported, files, sampling, semantic, stages
+from lgm import batching, exported, files, provenance, sampling, semantic, stages
 from lgm.tasks import Trained
 from lgm.tasks.text_to_image import TextToImageTask
 
@@ -83,6 +84,29 @@ class TextToImage:
   @property
   def image_shape(self) -> tuple[int, int, int]:
     return (self.task or self.decoder.task).image_shape
+
+  @functools.cached_property
+  def model_id(self) -> str:
+    """`lgm.provenance.model_id` of every stage this pipeline generates with (score, prior, decoder and the
+    VAE and text tower they read)."""
+    trees = [self.params, self.task.vae.params] if self.task is not None else []
+    for stage in (self.prior, self.decoder):
+      trees += [stage.params] if stage is not None else []
+    trees.append(self.clip.params)
+    if self.decoder is not None:
+      trees.append(self.decoder.task.vae.params)
+    return provenance.model_id(*trees)
+
+  def recipe(self, prompt: str, negative_prompt: str | None = None, guidance: float | None = None,
+             seeds: Sequence[int] = (0,), sampler: str | None = None, steps: int | None = None,
+             route: str | None = None, score_evaluations: int | None = None) -> dict[str, Any]:
+    """The recipe of a generation (`lgm.provenance`), with the defaults a call would use filled in."""
+    route = route or self.route
+    task = self.task if route == 'guided' else self.decoder.task
+    return provenance.recipe(
+        self.model_id, prompt=prompt, negative_prompt=negative_prompt or '', seeds=[int(s) for s in seeds],
+        route=route, sampler=sampler or task.sampling.get('method'), steps=steps or task.sampling.get('num_steps'),
+        guidance=float(task.guidance if guidance is None else guidance), score_evaluations=score_evaluations)
 
   # --- helpers ----------------------------------------------------------------------------------------
   def _options(self, sampler: str | None, steps: int | None) -> tuple:

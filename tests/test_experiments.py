@@ -15,6 +15,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import common
+from lgm import provenance, stages
 from lgm.train import metrics as metrics_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -105,6 +106,9 @@ def test_sample_writes_a_grid_of_prior_samples_and_refuses_text_flags(trained_wo
   assert result.returncode == 0, result.stderr[-2000:]
   with PIL.Image.open(out) as image:
     assert image.size == (3 * 16 + 4, 3 * 16 + 4)  # 3 x 3 tiles of 8 px upscaled twice, 1 px padding
+  recipe = provenance.read_metadata(str(out))
+  assert recipe['model'] == provenance.model_id(stages.load_trained(trained_workdir).params)  # EMA: what it sampled
+  assert (recipe['seed'], recipe['num']) == (0, 9)
   result = run_module('experiments.sample', f'--workdir={trained_workdir}', f'--out={out}', '--prompt=a red circle')
   assert result.returncode == 2 and 'takes no --prompt' in result.stderr
 

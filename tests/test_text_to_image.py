@@ -19,7 +19,7 @@ import scipy.linalg
 
 from conftest import tree_digest
 from configs import t2i_shapes, t2i_unclip_shapes
-from lgm import convert, evaluation, export, exported, jobs, stages
+from lgm import convert, evaluation, export, exported, jobs, provenance, stages
 from lgm.data import shapes, sources
 from lgm.reports import text_to_image as t2i_report
 from lgm.pipeline import TextToImage
@@ -474,6 +474,7 @@ def test_sample_cli_takes_the_prior_road_and_draws_variations(unclip_job, tmp_pa
     assert result.returncode == 0, result.stderr[-2000:]
     assert printed in result.stdout
     assert os.path.exists(out)
+  assert provenance.read_metadata(out)['init_image'] == 'mine.png'
   result = subprocess.run([sys.executable, '-m', 'experiments.sample', f'--workdir={workdir}', f'--out={out}',
                            f'--init_image={image}', '--prompt=x'], cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 2 and 'leave out --prompt' in result.stderr
@@ -505,6 +506,11 @@ def test_export_then_load_generates_the_same_images_bit_for_bit(unclip_job, tmp_
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
   assert '2 samples, 40 score evaluations each' in result.stdout
+  recipe = provenance.read_metadata(f'{tmp_path}/x.png')  # the same model id from the export and the run
+  assert recipe['model'] == loaded.model_id == original.model_id
+  assert {k: recipe[k] for k in ('prompt', 'negative_prompt', 'route', 'seeds', 'score_evaluations')} == {
+      'prompt': 'a red circle', 'negative_prompt': '', 'route': 'prior', 'seeds': [0, 1], 'score_evaluations': 40}
+  assert recipe['generator'].startswith('lgm ') and recipe['sampler'] and recipe['steps'] and recipe['guidance']
 
 
 def test_a_newer_export_format_is_refused(unclip_job, tmp_path):
