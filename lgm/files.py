@@ -123,8 +123,10 @@ def replacing(path: str, mode: str = 'w') -> Iterator[IO]:
   if is_url(path):
     buffer = io.BytesIO() if 'b' in mode else io.StringIO()
     yield buffer
-    target = epath.Path(path)
-    target.write_bytes(buffer.getvalue()) if 'b' in mode else target.write_text(buffer.getvalue())
+    if 'b' in mode:
+      epath.Path(path).write_bytes(buffer.getvalue())
+    else:
+      epath.Path(path).write_text(buffer.getvalue())
     return
   temporary = f'{path}.tmp{os.getpid()}'
   try:

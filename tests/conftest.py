@@ -116,7 +116,7 @@ def trained_workdir(tmp_path_factory):
 # The slowest files first: `--dist loadfile` hands files to the two workers in collection order, so the
 # long ones start at once and the short ones fill in around them (durations: pytest's --durations list).
 SLOWEST_FIRST = ('test_text_to_image.py', 'test_multiprocess.py', 'test_faults.py', 'test_trainer.py',
-                 'test_score_task.py', 'test_tasks.py', 'test_experiments.py', 'test_clip.py')
+                 'test_object_store.py', 'test_score_task.py', 'test_tasks.py', 'test_experiments.py', 'test_clip.py')
 
 
 def pytest_collection_modifyitems(items):
