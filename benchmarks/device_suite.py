@@ -42,7 +42,7 @@ def train_step_runs(job, cifar: bool) -> list[tuple]:
 
 def main(argv):
   del argv
-  peak = train_step.matmul_peak_flops(n=8192)
+  peaks = {dtype: train_step.matmul_peak_flops(n=8192, dtype=dtype) for dtype in ('float32', 'bfloat16')}
   job = workdir_lib.read_config(_T2I.value)
   results = []
 
@@ -55,7 +55,7 @@ def main(argv):
     config.train.batch_size, config.train.compute_dtype = batch, dtype
     workdir = None if stage is None else os.path.join(_T2I.value, stage)
     record({'benchmark': 'train_step', 'config': name,
-            **train_step.measure(config, steps=20, peak=peak, workdir=workdir)})
+            **train_step.measure(config, steps=20, peak=peaks[dtype], workdir=workdir)})
   record({'benchmark': 'sampling', 'config': 'sde_vp_shapes',
           **sampling_speed.measure(sde_vp_shapes.get_config(), 256, method='dpm_solver', steps=25)})
   pipe, trained = t2i_sampling.load(_T2I.value)

@@ -85,7 +85,8 @@ def lgm_measurements(model: str, batch: int, steps: int, dtype: str) -> list[dic
   else:
     forward = jax.jit(lambda params, x, t: task.score_fn(params)(x, t))
   common = {'side': 'lgm', 'model': model, 'params': train['params'], 'dtype': dtype, 'batch': batch}
-  return [{**common, 'what': 'train_step', 'ms': train['step_ms'], 'gflop': train['step_gflop']},
+  return [{**common, 'what': 'train_step', 'ms': train['step_ms'], 'gflop': train['step_gflop'],
+           'fraction_of_matmul_peak': train['fraction_of_peak']},
           {**common, 'what': 'forward', 'ms': median_ms(lambda: jax.block_until_ready(forward(params, x, t)), steps)}]
 
 

@@ -3,7 +3,8 @@
 python -m benchmarks.train_step --config=configs/vae_shapes.py [--steps=30] [--workdir=DIR]
 python -m benchmarks.train_step --config=configs/vae_digits.py --config.train.steps_per_call=8   # 8 steps a call
 
-The peak is measured here, not quoted: the best f32 2048x2048 matmul rate through jax.jit. The
+The peak is measured here, not quoted: the best 2048x2048 matmul rate through jax.jit in the run's
+`train.compute_dtype` (float32 or bfloat16). The
 train step's FLOPs are XLA's count of the step before backend optimisation (forward, backward, optimizer,
 EMA; `lgm.inspection.program_flops`), the same on every backend.
 Synthetic batches (of the task's own batch spec: uniform images, zero integer fields): this measures
@@ -46,8 +47,9 @@ def best_seconds(fn, repeats: int) -> float:
   return min(times)
 
 
-def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
-  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+def matmul_peak_flops(n: int = 2048, repeats: int = 10, dtype: str = 'float32') -> float:
+  """The best rate of an n x n matmul in `dtype` through jax.jit: the machine's own yardstick for that dtype."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.dtype(dtype))
   matmul = jax.jit(lambda x: x @ x)
   jax.block_until_ready(matmul(a))
   return 2 * n**3 / best_seconds(lambda: matmul(a), repeats)
@@ -85,14 +87,15 @@ def measure(config, steps: int = 30, peak: float | None = None, workdir: str | N
     state, metrics = step(state, batch)
   jax.block_until_ready(metrics)
   seconds = (time.perf_counter() - start) / (calls * per_call)
-  peak = peak or matmul_peak_flops()
+  peak = peak or matmul_peak_flops(dtype=config.train.compute_dtype)
   return {
       'model': config.model.name, 'devices': f'{mesh.size} x {jax.devices()[0].device_kind}',
       'compute_dtype': config.train.compute_dtype, 'batch_size': batch_size, 'steps_per_call': per_call,
       'step_ms': 1e3 * seconds, 'images_per_sec': batch_size / seconds,
       'compile_and_warmup_s': compile_seconds,
       'step_gflop': step_flops / 1e9, 'achieved_gflops': step_flops / seconds / 1e9,
-      'matmul_peak_gflops': peak / 1e9, 'fraction_of_peak': step_flops / seconds / peak,
+      'matmul_peak_gflops': peak / 1e9, 'matmul_peak_dtype': config.train.compute_dtype,
+      'fraction_of_peak': step_flops / seconds / peak,
       'params': inspection.parameter_count(state.params),
   }
 
