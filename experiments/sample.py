@@ -67,6 +67,7 @@ def main(argv):
   else:  # one model: a single run, or the one stage of an exported single run
     trained = stages.load_trained(_WORKDIR.value or os.path.join(_MODEL.value, 'model'))
     pipe = TextToImage(trained.task, trained.params, trained.step) if trained.task.generates_from_text else None
+  seeds = range(_SEED.value, _SEED.value + _NUM.value)  # image i of the grid: seed + i
   if pipe is None and (_ROUTE.value or _INIT_IMAGE.value):
     raise ValueError(f'--route and --init_image need a text-to-image job; {source} holds a '
                      f'{trained.config.task} model.')
@@ -75,8 +76,7 @@ def main(argv):
       raise ValueError('--init_image draws variations of the image alone; leave out --prompt and --negative_prompt.')
     samples = pipe.variations(images.read_image(_INIT_IMAGE.value, pipe.image_shape), _NUM.value, seed=_SEED.value,
                               guidance=_GUIDANCE.value, sampler=_SAMPLER.value, steps=_STEPS.value)
-    recipe = pipe.recipe('', None, _GUIDANCE.value, range(_SEED.value, _SEED.value + _NUM.value), _SAMPLER.value,
-                         _STEPS.value, 'prior')
+    recipe = pipe.recipe('', None, _GUIDANCE.value, seeds, _SAMPLER.value, _STEPS.value, 'prior')
     recipe['init_image'] = os.path.basename(_INIT_IMAGE.value)
     print(f'{_NUM.value} variations of {_INIT_IMAGE.value}')
     print(images.save_grid(_OUT.value, samples, upscale=2, text=provenance.png_text(recipe)))
@@ -85,8 +85,8 @@ def main(argv):
     samples, nfe = pipe([_PROMPT.value or ''] * _NUM.value, negative_prompt=_NEGATIVE.value,
                         guidance=_GUIDANCE.value, seed=_SEED.value, sampler=_SAMPLER.value, steps=_STEPS.value,
                         route=_ROUTE.value)
-    recipe = pipe.recipe(_PROMPT.value or '', _NEGATIVE.value, _GUIDANCE.value,
-                         range(_SEED.value, _SEED.value + _NUM.value), _SAMPLER.value, _STEPS.value, _ROUTE.value, nfe)
+    recipe = pipe.recipe(_PROMPT.value or '', _NEGATIVE.value, _GUIDANCE.value, seeds, _SAMPLER.value, _STEPS.value,
+                         _ROUTE.value, nfe)
     print(f'{_NUM.value} samples, {nfe} score evaluations each')
     print(images.save_grid(_OUT.value, samples, upscale=2, text=provenance.png_text(recipe)))
     return

@@ -80,8 +80,9 @@ def makedirs(path: str) -> None:
 
 
 def rmtree(path: str) -> None:
-  """Removes a directory and everything under it; nothing happens if it does not exist."""
-  with contextlib.suppress(FileNotFoundError):
+  """Removes a directory and everything under it, as far as it can (cleaning up: errors are ignored, a
+  missing directory included)."""
+  with contextlib.suppress(OSError):
     epath.Path(path).rmtree()
 
 

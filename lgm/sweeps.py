@@ -102,9 +102,9 @@ def plan(config: str | ml_collections.ConfigDict, points: Sequence[Mapping[str, 
   """Every point's name, full config and work directory, all checked before anything is written.
 
   `config` is a config file `PATH[:ARG]` or a config; `overrides` (dotted keys -> values) apply to every
-  point, the point's own values on top. A URL whose file system is not installed, a key the config lacks, a value of another type
-  than its key's, a value `lgm.config_checks` refuses, or a point directory holding checkpoints of another
-  config: one line.
+  point, the point's own values on top. A URL that cannot hold work directories, a key the config lacks, a
+  value of another type than its key's, a value `lgm.config_checks` refuses, or a point directory holding
+  checkpoints of another config: one line.
   """
   from lgm import config_checks, jobs
   from lgm.train import workdir as workdir_lib

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import make_tiny_config, start_and_wait_for_a_checkpoint, tree_digest
+from conftest import checkpoint_steps, make_tiny_config, start_and_wait_for_a_checkpoint, tree_digest
 from lgm.train import mesh as mesh_lib
 from lgm.train import metrics as metrics_lib
 from lgm.train import state as state_lib
@@ -146,8 +146,7 @@ def test_several_steps_per_call_follow_the_single_step_trajectory_and_checkpoint
   from lgm import stages
   workdir = str(tmp_path / 'scan')
   trainer.train_and_evaluate(make_tiny_config(**{'train.steps_per_call': 2, 'train.log_every': 2}), workdir)
-  steps = lambda w: sorted(int(d) for d in os.listdir(os.path.join(w, 'checkpoints')) if d.isdigit())
-  assert steps(workdir) == steps(trained_workdir) == [20, 30, 40]
+  assert checkpoint_steps(workdir) == checkpoint_steps(trained_workdir) == [20, 30, 40]
   single, scanned = metrics_lib.read_metrics(trained_workdir), metrics_lib.read_metrics(workdir)
   evals = lambda records: {r['step']: r for r in records if 'eval/psnr' in r}
   for step, record in evals(single).items():
@@ -163,7 +162,7 @@ def test_several_steps_per_call_follow_the_single_step_trajectory_and_checkpoint
     shutil.rmtree(os.path.join(workdir, 'checkpoints', str(step)))
     os.remove(os.path.join(workdir, 'checkpoints', f'digest-{step}.json'))
   trainer.train_and_evaluate(make_tiny_config(**{'train.steps_per_call': 2, 'train.log_every': 2}), workdir)
-  assert steps(workdir) == [20, 30, 40]
+  assert checkpoint_steps(workdir) == [20, 30, 40]
   resumed, reference = stages.load_trained(workdir), stages.load_trained(trained_workdir)
   for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(reference.params), strict=True):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)

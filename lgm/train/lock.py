@@ -110,7 +110,7 @@ def _locked(workdir: str, shared: bool) -> Iterator[None]:
 def _leased(workdir: str, shared: bool) -> Iterator[None]:
   """The lease of an object-store work directory (see the module docstring)."""
   path = os.path.join(workdir, LOCK_FILE)
-  created = not files.exists(workdir) or not files.listdir(workdir)
+  created = not files.listdir(workdir)  # (a bucket has no empty directories)
   previous = _read_lease(path)
   age = time.time() - previous.get('beat', 0.0)
   if previous and age < STALE_SECONDS and not _dead_here(previous):
@@ -179,8 +179,8 @@ def _dead_here(record: dict) -> bool:
     os.kill(record['pid'], 0)
   except ProcessLookupError:
     return True
-  except PermissionError:
-    return False
+  except PermissionError:  # alive, another user's
+    pass
   return False
 
 
