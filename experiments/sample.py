@@ -98,10 +98,9 @@ def main(argv):
                      f'--{", --".join(unsupported)} ({takes}).')
   options = {SAMPLE_OPTIONS[name]: value for name, value in flags_given.items()}
   samples, nfe = task.sample(trained.params, jax.random.PRNGKey(_SEED.value), _NUM.value, **options)
-  sampling = getattr(task, 'sampling', {})  # score models; a VAE decodes its prior's draws
   recipe = provenance.recipe(provenance.model_id(trained.params), seed=_SEED.value, num=_NUM.value,
-                             sampler=options.get('method', sampling.get('method')),
-                             steps=options.get('num_steps', sampling.get('num_steps')), network_evaluations=nfe)
+                             sampler=options.get('method', task.sampling.get('method')),
+                             steps=options.get('num_steps', task.sampling.get('num_steps')), network_evaluations=nfe)
   print(f'{_NUM.value} samples, {nfe} network evaluations each')
   print(images.save_grid(_OUT.value, np.asarray(samples), upscale=2, text=provenance.png_text(recipe)))
 

@@ -10,7 +10,8 @@ Subclasses implement `init`, `loss` and `evaluate`; everything else has a defaul
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+import types
+from typing import Any, ClassVar, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +36,9 @@ class Task:
   image_shape: tuple[int, int, int]
   # Options of `sample` a user may set from the command line (e.g. 'sampler', 'steps').
   sample_flags: ClassVar[tuple[str, ...]] = ()
+  # The default settings of `sample`'s sampler (lgm.sampling's names: method, num_steps, ...); read-only here,
+  # score tasks set their own from the config; empty for a task that samples without one (a VAE's prior).
+  sampling: Mapping[str, Any] = types.MappingProxyType({})
   # True where images are generated from text by `lgm.pipeline.TextToImage` rather than `sample`.
   generates_from_text: ClassVar[bool] = False
   # The kind of semantic space the model learns, for `experiments.explore`: 'image' (encode / decode),
