@@ -8,7 +8,7 @@ PATH is a folder of images with captions (a metadata.jsonl with "file_name" and 
 NAME.png; lgm.data.folder), indexed once. The main job's VAE, text tower and latent score model, without the
 attribute classifier: the report measures caption retrieval (is a generated image's nearest held-out caption
 its own prompt), CLIP score and FID on CLIP features, and draws the first eight held-out captions. When the
-images' parent folders are classes, add a label reader: --config.stage_order=vae,clip,classifier,score
+images' parent folders are classes, add a label reader: --config.stage_order=vae,clip,classifier,score,signature
 --config.report.classifier_stage=classifier. `data.image_size` (default 32) must be a multiple of 8 (the
 VAE's 4x, the text tower's 8-pixel patches); the latents are image_size / 4 on a side.
 """
@@ -19,7 +19,7 @@ from configs import t2i_shapes
 def get_config(arg: str | None = None):
   config = t2i_shapes.get_config()
   config.data.dataset = f'folder:{arg or "PATH"}'  # without an argument: "folder:PATH: no such directory"
-  config.stage_order = ('vae', 'clip', 'score')
+  config.stage_order = ('vae', 'clip', 'score', 'signature')
   config.data.image_size = 32
   config.vae.data.random_flip = config.score.data.random_flip = False  # captions may say "left" and "right"
   config.clip.data.partial_captions = config.score.data.partial_captions = 0.0  # free text has no attributes

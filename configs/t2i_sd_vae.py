@@ -29,5 +29,6 @@ def get_config(arg: str | None = None):
   m.num_res_blocks = 2
   m.attn_resolutions = (16, 8)
   config.score.train.batch_size = 32
+  config.signature.bits = 48  # a longer message at 256x256 (Stable Signature's length)
   config.report.num_images = 200
   return config

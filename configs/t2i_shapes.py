@@ -9,8 +9,11 @@ Stages, in order, each in DIR/<stage> and each resuming on its own:
   score       latent diffusion: a VP score SDE on the scaled VAE latents, cross-attending to the text
               tower's token features; captions dropped 10% of the time for classifier-free guidance and
               partial 20% of the time; guided only below 0.7 T
+  signature   the VAE's decoder fine-tuned to sign every image it decodes, and the extractor that reads the
+              signature (configs/signature_shapes.py); the pipeline decodes with the signed decoder
 Then DIR/report.md (caption fidelity, CLIP score and FID at each guidance of `report.guidances`, beside the
-held-out images and their reconstructions; confusion tables; negative prompts), DIR/samples/prompts.png and
+held-out images and their reconstructions; confusion tables; negative prompts; the signature's robustness,
+false positives on real images and cost), DIR/samples/prompts.png and
 DIR/samples/negative_prompts.png. Override any stage: --config.score.train.num_steps=4000.
 Measured on a 2-core machine, 2026-12-05 (docs/results.md): 25 min 16 s end to end from a fresh clone; all four
 attributes right in 0.960 of the images at guidance 3 (0.834 at guidance 1).
@@ -18,7 +21,7 @@ attributes right in 0.960 of the images at guidance 3 (0.834 at guidance 1).
 
 import ml_collections
 
-from configs import clip_shapes, sde_vp_shapes, vae_shapes
+from configs import clip_shapes, sde_vp_shapes, signature_shapes, vae_shapes
 
 
 def score_config() -> ml_collections.ConfigDict:
@@ -84,7 +87,7 @@ def get_config(arg: str | None = None):
   config.seed = 0
   # The images of the whole job, set in every stage (lgm.jobs.with_job_data).
   config.data = ml_collections.ConfigDict({'dataset': 'shapes', 'image_size': 32, 'channels': 3})
-  config.stage_order = ('vae', 'clip', 'classifier', 'score')
+  config.stage_order = ('vae', 'clip', 'classifier', 'score', 'signature')
   config.vae = vae_shapes.get_config()
   # The decoder bounds what a generated image can show: trained at 1e-3 for 800 steps, its reconstructions of
   # held-out images were read right in 0.945 (small crosses came back as stars); at 3e-3 for 1,000 in 0.996
@@ -100,11 +103,14 @@ def get_config(arg: str | None = None):
   config.clip.data.partial_captions = 0.2  # bare words ('red') land near their value: negative prompts need it
   config.classifier = classifier_config()
   config.score = score_config()
+  config.signature = signature_shapes.get_config()
   config.report = ml_collections.ConfigDict()
   config.report.name = 'text_to_image'  # lgm.reports
   config.report.classifier_stage = 'classifier'  # the judge that reads the generated images
   config.report.num_images = 1000
   config.report.guidances = (1.0, 3.0)
+  config.report.signature_real_images = 2000  # the whole test split: false positives of the detector
+  config.report.signature_false_positive_rate = 1e-3
   config.report.negative_images_per_value = 64  # seeds per value of each attribute (21 values; + 64 without)
   config.report.prompts = (
       'a large red circle in the top left', 'a small blue square in the bottom right',

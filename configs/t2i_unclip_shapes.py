@@ -4,7 +4,7 @@ that embedding to the image; measured side by side with the main job's text-guid
 python -m experiments.train --config=configs/t2i_unclip_shapes.py:runs/t2i_shapes --workdir=runs/t2i_unclip
 python -m experiments.train --config=configs/t2i_unclip_shapes.py --workdir=runs/t2i_unclip   # trains all six
 
-With an argument (or --config.reuse=DIR), the vae, clip, classifier and score stages are those of the finished
+With an argument (or --config.reuse=DIR), the vae, clip, classifier, score and signature stages are those of the finished
 main job in DIR (configs/t2i_shapes.py; linked as DIR_unclip/<stage>, never retrained or written), and only
 two stages train:
   prior    text -> image embedding: a diffusion prior over the CLIP stage's unit-norm image embedding,
@@ -75,7 +75,7 @@ def get_config(arg: str | None = None):
   config = t2i_shapes.get_config()
   config.stage_order = (*config.stage_order, 'prior', 'decoder')
   config.reuse = arg or ''  # a finished main job whose stages below are used as they are
-  config.reuse_stages = ('vae', 'clip', 'classifier', 'score')
+  config.reuse_stages = ('vae', 'clip', 'classifier', 'score', 'signature')
   config.prior = prior_config()
   config.decoder = decoder_config()
   config.report.routes = ('guided', 'prior')

@@ -113,6 +113,13 @@ RULES: dict[str, Rule] = {
     'sampling.predictor': _one_of(sampling.PREDICTORS),
     'sampling.corrector': _one_of(sampling.CORRECTORS),
     'time_distribution': _one_of(losses.TIME_DISTRIBUTIONS),
+    'signature.bits': POSITIVE_INT,
+    'calibration_images': _int_at_least(2),
+    'signature_real_images': POSITIVE_INT,
+    'target_psnr': POSITIVE,
+    'image_weight': _number_in(0, float('inf')),
+    'negative_weight': _number_in(0, float('inf')),
+    'signature_false_positive_rate': _number_in(0, 1, low_open=True, high_open=True),
 }
 
 

@@ -17,6 +17,9 @@ Layout (format version `VERSION`):
 A stage directory loads like a work directory (`lgm.stages.load_trained` sees params.safetensors and reads it
 instead of orbax checkpoints): no optimizer state, no data, no orbax. Only the stages inference reads are
 written: a job's score / prior / decoder stages and the VAE and CLIP stages they use (not its classifier).
+A job with a `signature` stage exports its VAE with the signed decoder in place of the original one (the
+manifest says `signed`), and not the signature stage: the model carries the signature, its owner keeps the
+detector (`experiments.verify --model=JOB_DIR`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import jax
 import ml_collections
 import safetensors.numpy
 
-from lgm import files, inspection, jobs, stages
+from lgm import files, inspection, jobs, pipeline, stages
 from lgm.exported import FORMAT, MANIFEST, PARAMS_FILE, VERSION, flatten_params
 from lgm.tasks import Trained, task_class
 from lgm.train import workdir as workdir_lib
@@ -125,8 +128,14 @@ def export(workdir: str, out: str) -> dict[str, Any]:
   roots = _roots(workdir)
   sources = _collect(roots)
   trained = {name: stages.load_trained(path) for name, path in sources.items()}
+  signature_dir = os.path.join(workdir, pipeline.SIGNATURE_STAGE)
+  signed = files.exists(workdir_lib.config_path(signature_dir))
+  if signed:
+    signed_vae = pipeline.signed_vae(workdir)  # refuses a signature of a VAE the job does not decode with
+    vae_dir = files.real(stages.stage_dir(signature_dir, workdir_lib.read_config(signature_dir).stages.vae))
+    trained[next(name for name, path in sources.items() if path == vae_dir)] = signed_vae
   manifest = {'format': FORMAT, 'version': VERSION, 'lgm_version': importlib.metadata.version('lgm'),
-              'roots': sorted(roots), 'stages': {}}
+              'roots': sorted(roots), 'signed': signed, 'stages': {}}
   files.makedirs(out)
   for name, path in sources.items():
     t = trained[name]

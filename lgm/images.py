@@ -106,3 +106,10 @@ def read_image(path: str, shape: tuple[int, int, int]) -> np.ndarray:
     array = np.asarray(image, np.float32)
   return (array.reshape(height, width, channels) / 127.5 - 1.0).astype(np.float32)
 
+
+
+def read_image_as_is(path: str, channels: int) -> np.ndarray:
+  """An image file as an (H, W, C) float array in [-1, 1] at its own size, converted to C channels (1 or 3)."""
+  with Image.open(path) as image:
+    array = np.asarray(image.convert('L' if channels == 1 else 'RGB'), np.float32)
+  return (array.reshape(*array.shape[:2], channels) / 127.5 - 1.0).astype(np.float32)

@@ -36,10 +36,27 @@ import numpy as np
 from lgm import batching, exported, files, provenance, sampling, semantic, stages
 from lgm.tasks import Trained
 from lgm.tasks.text_to_image import TextToImageTask
+from lgm.train import workdir as workdir_lib
 
 SCORE_STAGE = 'score'
 PRIOR_STAGE, DECODER_STAGE = 'prior', 'decoder'
+SIGNATURE_STAGE = 'signature'  # a signed VAE decoder (lgm.tasks.signature): every road decodes with it
 ROUTES = ('guided', 'prior')
+
+
+def signed_vae(workdir: str) -> Trained:
+  """The VAE of the job at `workdir` with the signed decoder of its `signature` stage."""
+  signature = stages.load_stage(workdir, SIGNATURE_STAGE, SIGNATURE_STAGE)
+  vae_dir = files.real(stages.stage_dir(os.path.join(workdir, SIGNATURE_STAGE), signature.config.stages.vae))
+  for name in (SCORE_STAGE, DECODER_STAGE):
+    config_path = os.path.join(workdir, name, 'config.json')
+    if files.exists(config_path):
+      config = workdir_lib.read_config(os.path.join(workdir, name))
+      theirs = files.real(stages.stage_dir(os.path.join(workdir, name), config.stages.vae))
+      if theirs != vae_dir:
+        raise ValueError(f'the signature stage of {workdir} signs the VAE at {vae_dir}, but its {name} stage '
+                         f'decodes with {theirs}; train the signature stage on the VAE the job uses.')
+  return signature.task.signed_vae(signature.params)
 
 
 class TextToImage:
@@ -56,20 +73,22 @@ class TextToImage:
     self.clip = (task or prior.task).clip
 
   @classmethod
-  def from_workdir(cls, workdir: str, batch_size: int = 64) -> TextToImage:
+  def from_workdir(cls, workdir: str, batch_size: int = 64, signed: bool = True) -> TextToImage:
     """From a t2i job directory (its `score` stage and, when it has them, its `prior` and `decoder` stages) or
-    from the score stage's own directory."""
+    from the score stage's own directory. A job with a `signature` stage decodes with its signed decoder
+    (`signed=False`: with the VAE's own, to measure what signing costs)."""
     has = lambda name: files.exists(os.path.join(workdir, name, 'config.json'))
+    given = {'vae': signed_vae(workdir)} if signed and has(SIGNATURE_STAGE) else None
     prior = decoder = None
     if has(PRIOR_STAGE) and has(DECODER_STAGE):
-      prior, decoder = (stages.load_stage(workdir, name, name) for name in (PRIOR_STAGE, DECODER_STAGE))
+      prior, decoder = (stages.load_stage(workdir, name, name, given) for name in (PRIOR_STAGE, DECODER_STAGE))
       if not has(SCORE_STAGE):
         return cls(None, prior=prior, decoder=decoder, batch_size=batch_size)
     path = os.path.join(workdir, SCORE_STAGE) if has(SCORE_STAGE) else workdir
     if not files.exists(os.path.join(path, 'config.json')):
       raise FileNotFoundError(f'{workdir} holds no text-to-image model: the score stage ({path}) is missing; '
                               f'train it: python -m experiments.train --config=configs/t2i_shapes.py --workdir={workdir}')
-    trained = stages.load_trained(path)
+    trained = stages.load_trained(path, given=given)
     if not trained.task.generates_from_text:
       raise ValueError(f'{path} holds a {trained.config.task} model, not a text-to-image one.')
     return cls(trained.task, trained.params, trained.step, batch_size, prior, decoder)

@@ -39,27 +39,34 @@ LATENT_SCALE_FILE = 'latent_scale.json'
 TOKENIZERS = ('bpe', 'byte')
 
 
-def build_task(config: ml_collections.ConfigDict, workdir: str | None = None) -> Task:
-  """The task of `config.task`, with the parts it needs read from (or first created in) `workdir`.
+def build_task(config: ml_collections.ConfigDict, workdir: str | None = None,
+               given: Mapping[str, Any] | None = None) -> Task:
+  """The task of `config.task`, with the parts it needs read from (or first created in) `workdir`; parts in
+  `given` are used as they are (a signed VAE in place of the stage's own).
 
   Without a work directory nothing is written, and a task that needs a trained stage is refused."""
   cls = task_class(config.task)
   parts: dict[str, Any] = {}
   for name in cls.needs(config):
+    if name in (given or {}):
+      parts[name] = given[name]
+      continue
     if name not in _PROVIDERS:
       raise ValueError(f'{cls.__name__} needs {name!r}, which lgm.stages cannot provide; valid: {sorted(_PROVIDERS)}')
     parts[name] = _PROVIDERS[name](config, workdir, parts)
   return cls(config, **parts)
 
 
-def load_trained(workdir: str, use_ema: bool | None = None, mesh: jax.sharding.Mesh | None = None) -> Trained:
+def load_trained(workdir: str, use_ema: bool | None = None, mesh: jax.sharding.Mesh | None = None,
+                 given: Mapping[str, Any] | None = None) -> Trained:
   """The task of DIR/config.json with the parameters of its latest readable checkpoint.
 
   EMA parameters when `use_ema` (default: the run's `config.eval.use_ema`). Laid out on `mesh` as in
   training when given, else on the first device. A stage of an exported model (`lgm.export`) loads its
-  params.safetensors instead, the parameters it was exported with (replicated on `mesh`)."""
+  params.safetensors instead, the parameters it was exported with (replicated on `mesh`). `given`: parts of
+  the task used as they are (`build_task`)."""
   config = workdir_lib.read_config(workdir)
-  task = build_task(config, workdir)
+  task = build_task(config, workdir, given)
   if exported.is_exported(workdir):
     params, step = exported.load_params(workdir, jax.eval_shape(task.init, jax.random.PRNGKey(0)))
     params = jax.device_put(params, jax.devices()[0] if mesh is None else
@@ -144,13 +151,14 @@ def stage_dir(workdir: str, relative: str) -> str:
   return files.normjoin(workdir, relative)
 
 
-def load_stage(workdir: str | None, relative: str, name: str) -> Trained:
-  """The trained stage `name` at `relative` to `workdir`, or a one-line error naming it."""
+def load_stage(workdir: str | None, relative: str, name: str, given: Mapping[str, Any] | None = None) -> Trained:
+  """The trained stage `name` at `relative` to `workdir` (`given`: as in `build_task`), or a one-line error
+  naming it."""
   if workdir is None:
     raise ValueError(f'this model reads its trained {name} stage next to its work directory; give one.')
   path = stage_dir(workdir, relative)
   try:
-    return load_trained(path)
+    return load_trained(path, given=given)
   except FileNotFoundError:
     raise FileNotFoundError(f'the {name} stage has no trained model in {path}; train it first (the t2i job '
                             f'trains its stages in order: python -m experiments.train --config=configs/t2i_shapes.py '

@@ -16,10 +16,13 @@ import PIL.Image
 import pytest
 import safetensors.numpy
 import scipy.linalg
+import scipy.stats
 
 from conftest import tree_digest
 from configs import t2i_shapes, t2i_unclip_shapes
-from lgm import convert, evaluation, export, exported, jobs, provenance, stages
+from lgm import convert, distortions, evaluation, export, exported, jobs, provenance, stages
+from lgm import images as image_lib
+from lgm.data import loader as loader_lib
 from lgm.data import shapes, sources
 from lgm.reports import text_to_image as t2i_report
 from lgm.pipeline import TextToImage
@@ -52,6 +55,19 @@ def shrink(config):
   config.score.latent.cache = False  # test_cached_latents_train_exactly_as_the_encoder covers the cache
   config.score.sampling.num_samples = 4
   config.report.num_images = 16
+  if 'signature' in config.stage_order:
+    config.signature.model.ch = 8
+    config.signature.train.batch_size = 12  # 2 images per training distortion
+    config.signature.calibration_images = 2000  # whitening 16 bits wants thousands (test_unsigned_images_...)
+    config.report.signature_real_images = 64
+  return config
+
+
+def without_signature(config):
+  """The job without its signature stage (the main job's test covers it; here it would only add minutes)."""
+  config.stage_order = tuple(name for name in config.stage_order if name != 'signature')
+  if 'reuse_stages' in config:
+    config.reuse_stages = tuple(name for name in config.reuse_stages if name != 'signature')
   return config
 
 
@@ -77,7 +93,7 @@ def pipe(job):
 
 def test_job_trains_every_stage_then_reports(job):
   workdir, metrics = job
-  for stage in ('vae', 'clip', 'classifier', 'score'):
+  for stage in ('vae', 'clip', 'classifier', 'score', 'signature'):
     assert os.path.isdir(os.path.join(workdir, stage, 'checkpoints'))
   for g in ('g1', 'g3'):
     for key in ('fidelity_all', 'fidelity_colour', 'fidelity_shape', 'fidelity_size', 'fidelity_position',
@@ -112,6 +128,74 @@ def test_job_trains_every_stage_then_reports(job):
   assert tree_digest(workdir) == before
 
 
+def test_the_job_decodes_with_its_signed_decoder_and_reports_the_signature(job, pipe, tmp_path):
+  """Every road decodes with the signature stage's decoder (the VAE's encoder unchanged); the report measures
+  the signature under each distortion and the rows decoded without it; an export ships the signed decoder and
+  not the detector."""
+  workdir, metrics = job
+  signature = stages.load_trained(os.path.join(workdir, 'signature'))
+  signed = signature.task.signed_params(signature.params)
+  jax.tree.map(np.testing.assert_array_equal, pipe.task.vae.params, signed)
+  vae = stages.load_trained(os.path.join(workdir, 'vae'))
+  jax.tree.map(np.testing.assert_array_equal, signed['encoder'], vae.params['encoder'])
+  assert not np.array_equal(signed['decoder']['Conv_0']['kernel'], vae.params['decoder']['Conv_0']['kernel'])
+  assert pipe.model_id != TextToImage.from_workdir(workdir, signed=False).model_id
+  report = open(os.path.join(workdir, 'report.md')).read()
+  assert '| guidance 3, unsigned decoder | ' in report and 'Signature: every image is decoded by the signed' in report
+  for name, description in distortions.DESCRIPTIONS.items():
+    assert f'| {description} | ' in report
+    for key in ('bit_accuracy', 'detected', 'false_positives', 'false_positives_bound'):
+      assert 0.0 <= metrics[f'signature_{key}_{name}'] <= 1.0
+  assert np.isfinite(metrics['signature_psnr']) and metrics['signature_real_images'] == 64
+  assert 0.0 <= metrics['fidelity_all_g3_unsigned'] <= 1.0
+  out = str(tmp_path / 'model')
+  export.export(workdir, out)
+  assert not os.path.exists(os.path.join(out, 'signature'))
+  shipped = stages.load_trained(os.path.join(out, 'vae')).params
+  jax.tree.map(np.testing.assert_array_equal, shipped, signed)
+
+
+def test_unsigned_images_are_called_signed_at_the_nominal_rate(job):
+  """The detector's whitening (fitted on 2,000 training images and their VAE decodes) makes the bits of 2,000
+  held-out real images fair independent coins: at each threshold, the share called signed is the binomial
+  tail's within its 99.9% interval."""
+  detector = provenance.load_detector(job[0])
+  config = stages.load_trained(os.path.join(job[0], 'signature')).config
+  real = loader_lib.load_arrays(config, 'test', 2000)[0]['image']
+  matches = detector.matches(distortions.REPORT_DISTORTIONS['none'](real, 0))
+  for threshold in (10, 11, 12, 13):
+    rate = provenance.p_value(threshold, detector.bits)
+    low, high = scipy.stats.binom.interval(0.999, len(real), rate)
+    assert low <= np.sum(matches >= threshold) <= high, (threshold, rate, np.sum(matches >= threshold))
+
+
+def test_verify_reads_image_files_and_refuses_a_tiny_one(job, pipe, tmp_path):
+  """The CLI prints, per file (PNG, JPEG, a crop), the matching bits, the p-value and the verdict."""
+  workdir = job[0]
+  images, _ = pipe(['a large red circle in the top left', 'a small blue square'], seeds=[0, 1])
+  detector = provenance.load_detector(workdir)
+  paths = [str(tmp_path / 'a.png'), str(tmp_path / 'b.jpg'), str(tmp_path / 'crop.png')]
+  pixels = image_lib.to_uint8(images)
+  PIL.Image.fromarray(pixels[0]).save(paths[0])
+  PIL.Image.fromarray(pixels[1]).save(paths[1], quality=75)
+  PIL.Image.fromarray(pixels[0][2:31, 1:30]).save(paths[2])
+  result = subprocess.run([sys.executable, '-m', 'experiments.verify', f'--model={workdir}', *paths],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  lines = [line.split('\t') for line in result.stdout.splitlines() if not line.startswith('#')]
+  assert [line[0] for line in lines] == paths
+  expected = detector.matches(distortions.REPORT_DISTORTIONS['none'](images[:1], 0))[0]
+  assert lines[0][1] == f'{expected}/16 bits'
+  for path, bits, p, verdict in lines:
+    matches = int(bits.split('/')[0])
+    assert p == f'p={provenance.p_value(matches, 16):.3g}'
+    assert verdict == ('signed' if provenance.p_value(matches, 16) <= 1e-3 else 'not signed')
+  PIL.Image.fromarray(pixels[0][:8, :8]).save(tmp_path / 'tiny.png')
+  result = subprocess.run([sys.executable, '-m', 'experiments.verify', f'--model={workdir}', str(tmp_path / 'tiny.png')],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 2 and result.stderr.strip().endswith('the detector reads images of at least 16x16.')
+
+
 def test_the_job_on_a_captioned_folder_from_one_config(tmp_path):
   """configs/t2i_folder.py:PATH on a generated folder of captioned renders: no classifier, caption retrieval."""
   from configs import t2i_folder
@@ -124,7 +208,7 @@ def test_the_job_on_a_captioned_folder_from_one_config(tmp_path):
     lines.append(json.dumps({'file_name': f'{i:03d}.png', 'text': example['caption']}))
   (root / 'metadata.jsonl').write_text('\n'.join(lines) + '\n')
   workdir = str(tmp_path / 'job')
-  config = shrink(t2i_folder.get_config(str(root)))
+  config = without_signature(shrink(t2i_folder.get_config(str(root))))
   config.clip.tokenizer.update(t2i_shapes.get_config().clip.tokenizer)  # the shapes job's text tower programs
   config.report.guidances = (3.0,)
   metrics = jobs.run_job(config, workdir)
@@ -386,7 +470,7 @@ def test_cached_latents_train_exactly_as_the_encoder(job):
 # --- the unCLIP road, on the tiny job above --------------------------------------------------------------
 
 def tiny_unclip_config(reuse=''):
-  config = shrink(t2i_unclip_shapes.get_config(reuse))
+  config = without_signature(shrink(t2i_unclip_shapes.get_config(reuse)))
   config.report.prompts = config.report.prompts[:4]
   config.report.negative_images_per_value = 0
   for name in ('prior', 'decoder'):
@@ -545,7 +629,7 @@ def test_a_job_trains_on_a_frozen_converted_autoencoder(job, tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'vae, f = 8, 4 latent channels' in result.stdout
 
-  config = tiny_job_config()
+  config = without_signature(tiny_job_config())
   config.pretrained = {'vae': converted}
   config.reuse, config.reuse_stages = job[0], ('clip', 'classifier')
   config.report.guidances, config.report.negative_images_per_value = (3.0,), 0  # the main job's test covers them

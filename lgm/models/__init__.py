@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
-from lgm.models import autoencoder, classifier, clip, prior, score_unet, text
+from lgm.models import autoencoder, classifier, clip, extractor, prior, score_unet, text
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     'autoencoder': autoencoder.Autoencoder,
@@ -19,6 +19,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     'text_transformer': text.TextTransformer,  # a text tower alone (a converted CLIP's: lgm.convert)
     'prior_transformer': prior.PriorTransformer,  # the unCLIP prior's denoiser (lgm.tasks.prior)
     'attribute_classifier': classifier.AttributeClassifier,  # the judge of text-to-image fidelity
+    'watermark_extractor': extractor.WatermarkExtractor,  # reads the signature (lgm.tasks.signature)
 }
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}

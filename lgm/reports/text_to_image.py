@@ -5,7 +5,9 @@ For each guidance of `report.guidances`, images are generated from `report.num_i
 held-out caption, by CLIP, its own prompt), CLIP score, Frechet distance of CLIP image features (FID
 (CLIP)), images/s. When `report.classifier_stage` names a stage (an attribute or label classifier trained
 on real images), it reads each image: fidelity per attribute and all at once; with
-`report.negative_images_per_value`, how far a negative prompt moves samples away from what it names.
+`report.negative_images_per_value`, how far a negative prompt moves samples away from what it names. A job
+with a `signature` stage also gets the signature section (`lgm.reports.signature`) and the rows of its
+highest guidance decoded without the signature (what signing costs).
 Written: DIR/report.md, DIR/report.json, DIR/samples/prompts.png, and `eval/...` lines in DIR/metrics.jsonl.
 """
 
@@ -22,7 +24,8 @@ import numpy as np
 from lgm import batching, evaluation, files, stages
 from lgm import images as image_lib
 from lgm.data import loader as loader_lib
-from lgm.pipeline import SCORE_STAGE, TextToImage
+from lgm.pipeline import SCORE_STAGE, SIGNATURE_STAGE, TextToImage
+from lgm.reports import signature as signature_report
 from lgm.reports import unclip as unclip_report
 from lgm.tasks.attributes import read_attributes
 from lgm.train import metrics as metrics_lib
@@ -70,11 +73,14 @@ def evaluate(workdir: str, report: ml_collections.ConfigDict, num: int | None = 
   autoencoded = _reconstruct(pipe.decoder.task if pipe.task is None else pipe.task, held_out['image'])
   metrics = {**measure(held_out['image'], 'real'), **measure(autoencoded, 'vae')}
   roads = unclip_report.roads(pipe, config, report)
+  main_road, last_guidance = list(roads)[0], report.guidances[-1]  # the signature section reads these images
   for guidance in report.guidances:
     for name, generate in roads.items():
       tag = route_tag(name, guidance)
       start = time.perf_counter()
       generated, nfe = generate(prompts, guidance, range(len(prompts)))
+      if (name, guidance) == (main_road, last_guidance):
+        signed_images = generated
       seconds = time.perf_counter() - start
       metrics.update(measure(generated, tag))
       metrics.update({f'{key}_{tag}': n for key, n in nfe.items()})
@@ -82,6 +88,13 @@ def evaluate(workdir: str, report: ml_collections.ConfigDict, num: int | None = 
       if report.get('diversity_prompts'):
         metrics[f'diversity_{tag}'] = unclip_report.diversity(pipe, generate, prompts[:report.diversity_prompts],
                                                               guidance)
+  if files.exists(os.path.join(workdir, SIGNATURE_STAGE, 'config.json')):
+    unsigned = unclip_report.roads(TextToImage.from_workdir(workdir, signed=False), config, report)
+    images, _ = unsigned[main_road](prompts, last_guidance, range(len(prompts)))
+    metrics.update(measure(images, f'{route_tag(main_road, last_guidance)}_{signature_report.UNSIGNED}'))
+    real, _ = loader_lib.load_arrays(config, config.data.eval_split, report.get('signature_real_images', 2000))
+    metrics.update(signature_report.evaluate(workdir, signed_images, real['image'],
+                                             report.get('signature_false_positive_rate', 1e-3)))
   metrics['num_images'] = len(prompts)
   metrics['caption_retrieval_chance'] = 1 / len(set(prompts))
   if classifier is not None and report.get('negative_images_per_value'):
@@ -208,6 +221,8 @@ def write(workdir: str, config: ml_collections.ConfigDict, metrics: dict[str, fl
   rows = [(tag, name) for tag, name in REFERENCES if f'clip_score_{tag}' in metrics]
   rows += [(route_tag(n, g), f'{ROUTE_NAMES[n] + ", " if len(names) > 1 else ""}guidance {g:g}')
            for g in guidances for n in names]
+  rows += [(f'{tag}_{signature_report.UNSIGNED}', f'{name}, unsigned decoder') for tag, name in rows
+           if f'clip_score_{tag}_{signature_report.UNSIGNED}' in metrics]
   for tag, name in rows:
     cells = [f"{metrics[f'fidelity_{a}_{tag}']:.3f}" for a in attributes]
     cells += [f"{metrics[f'caption_retrieval_{tag}']:.3f}", f"{metrics[f'clip_score_{tag}']:.2f}",
@@ -225,6 +240,8 @@ def write(workdir: str, config: ml_collections.ConfigDict, metrics: dict[str, fl
         lines += ['', *confusion_table(metrics, a, route_tag(road, best))]
   if 'variations' in metrics:
     lines += ['', *unclip_report.variation_lines(metrics, config.decoder.sampling_guidance)]
+  if 'signature_psnr' in metrics:
+    lines += ['', *signature_report.lines(metrics)]
   negatives = [a for a in attributes if f'negative_{a}_with' in metrics]
   if negatives:
     per_value = int(metrics['negative_images_per_value'])

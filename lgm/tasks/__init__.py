@@ -8,7 +8,7 @@ New models plug in here; the trainer is never forked.
 
 from __future__ import annotations
 
-from lgm.tasks import attributes, autoencoding, clip, embedding_decoder, prior, score, text_to_image
+from lgm.tasks import attributes, autoencoding, clip, embedding_decoder, prior, score, signature, text_to_image
 from lgm.tasks.base import Task, TextConditioned, Trained
 
 TASKS: dict[str, type[Task]] = {
@@ -19,6 +19,7 @@ TASKS: dict[str, type[Task]] = {
     'score': score.ScoreTask,
     'prior': prior.PriorTask,  # unCLIP: text -> CLIP image embedding
     'embedding_decoder': embedding_decoder.EmbeddingDecoderTask,  # unCLIP: CLIP image embedding -> image
+    'signature': signature.SignatureTask,  # a signed VAE decoder and its watermark extractor
 }
 
 __all__ = ['TASKS', 'Task', 'TextConditioned', 'Trained', 'task_class']
