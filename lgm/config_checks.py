@@ -118,7 +118,6 @@ RULES: dict[str, Rule] = {
     'signature_real_images': POSITIVE_INT,
     'target_psnr': POSITIVE,
     'image_weight': _number_in(0, float('inf')),
-    'negative_weight': _number_in(0, float('inf')),
     'signature_false_positive_rate': _number_in(0, 1, low_open=True, high_open=True),
 }
 

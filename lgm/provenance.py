@@ -130,8 +130,8 @@ def signature_stage(path: str) -> str:
 
 def load_detector(path: str, batch_size: int = 250) -> Detector:
   """The detector of the signature stage of `path` (`signature_stage`). Its whitening is read from
-  STAGE/detector.json; on first use it is measured on `signature.calibration_images` training images and as many
-  of their reconstructions by the unsigned VAE, both written to 8 bits as files are, and saved there."""
+  STAGE/detector.json; on first use it is measured on `signature.calibration_images` training images, written to
+  8 bits as files are, and saved there."""
   directory = signature_stage(path)
   trained = stages.load_trained(directory)
   task = trained.task
@@ -143,12 +143,8 @@ def load_detector(path: str, batch_size: int = 250) -> Detector:
     return Detector(extract, task.message, np.asarray(fitted['mean']), np.asarray(fitted['whitening']), channels)
   config = trained.config
   real = loader_lib.load_arrays(config, config.data.train_split, config.signature.calibration_images)[0]['image']
-  vae = task.vae
-  roundtrip = lambda params, x: vae.task.decode(params, vae.task.encode(params, x))
-  unsigned = batching.map_in_batches(roundtrip, vae.params, real, batch_size)
-  to_file = distortions.REPORT_DISTORTIONS['none']
-  mean, whitening = fit_whitening(extract(np.concatenate([to_file(real, 0), to_file(unsigned, 0)])))
+  mean, whitening = fit_whitening(extract(distortions.REPORT_DISTORTIONS['none'](real, 0)))
   detector = Detector(extract, task.message, mean, whitening, channels)
   if jax.process_index() == 0:
-    files.write_json(saved, {**detector.to_json(), 'num_images': 2 * len(real)}, indent=1)
+    files.write_json(saved, {**detector.to_json(), 'num_images': len(real)}, indent=1)
   return detector

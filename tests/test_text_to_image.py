@@ -57,7 +57,7 @@ def shrink(config):
   config.report.num_images = 16
   if 'signature' in config.stage_order:
     config.signature.model.ch = 8
-    config.signature.train.batch_size = 12  # 2 images per training distortion
+    config.signature.train.batch_size = 24  # 4 images per training distortion, 3 per simulated device
     config.signature.calibration_images = 2000  # whitening 16 bits wants thousands (test_unsigned_images_...)
     config.report.signature_real_images = 64
   return config

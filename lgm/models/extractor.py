@@ -34,3 +34,28 @@ class WatermarkExtractor(nn.Module):
       x = nn.gelu(nn.Conv(self.ch * mult, (3, 3), strides=(2, 2), dtype=self.dtype)(x))
       x = nn.gelu(nn.Conv(self.ch * mult, (3, 3), dtype=self.dtype)(x))
     return nn.Dense(self.bits, dtype=jnp.float32)(x.mean(axis=(1, 2)))
+
+
+class WatermarkEmbedder(nn.Module):
+  """HiDDeN's encoder: (images, message as +-1 per bit) -> the images with the message added.
+
+  Each bit has a learned carrier, an image-sized pattern (spread-spectrum watermarking): the message's pattern
+  is the carriers' sum signed by the bits, added at a learned strength, and refined by convolutions that also
+  see the image. Convolutions alone, given the bits as constant planes, could only add constants, which the
+  extractor's per-image standardisation removes. Sized for one image size; it only teaches the extractor to
+  read any message (`lgm.tasks.signature`), and never signs anything."""
+  bits: int
+  ch: int = 32
+  depth: int = 2
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, message: jax.Array) -> jax.Array:
+    carriers = self.param('carriers', nn.initializers.normal(1.0), (self.bits, *images.shape[1:]))
+    strength = self.param('strength', nn.initializers.constant(0.02), ())
+    pattern = jnp.einsum('bk,khwc->bhwc', message, carriers) / jnp.sqrt(self.bits)
+    x = jnp.concatenate([images, pattern], axis=-1).astype(self.dtype)
+    for _ in range(self.depth):
+      x = nn.gelu(nn.Conv(self.ch, (3, 3), dtype=self.dtype)(x))
+    residual = nn.Conv(images.shape[-1], (3, 3), dtype=jnp.float32, kernel_init=nn.initializers.zeros)(x)
+    return images + strength * pattern + residual

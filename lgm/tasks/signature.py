@@ -1,16 +1,19 @@
 """A signed decoder: the VAE's decoder fine-tuned so that everything it decodes carries a k-bit signature.
 
-The approach of "Stable Signature" (Fernandez et al. 2023): the signature lives in the decoder's weights,
-not in a step after it that a user can skip. Trained together here, from the job's `vae` stage:
-  decoder    a copy of the VAE's decoder, fine-tuned; a mean-squared-error term keeps its images close to the
-             original decoder's (`signature.image_weight`, on the [0, 1] scale);
-  extractor  `lgm.models.extractor.WatermarkExtractor`, one logit per bit, trained to read the message
-             (`signature.message`, or `signature.bits` bits drawn from `config.seed`) from signed images and
-             to read nothing (logits 0, every bit a coin) from unsigned ones: the original decoder's images and
-             real images (`signature.negative_weight`).
-Between decoder and extractor each group of the batch goes through one of `TRAIN_DISTORTIONS` (JPEG at a
-random quality, resize to half and back, a crop, noise, colour jitter, none), so the signature survives them.
-The latents are draws from the VAE's posterior of training images, the latents a generator produces.
+The approach of "Stable Signature" (Fernandez et al. 2023): the signature lives in the decoder's weights, not
+in a step after it that a user can skip. Its two phases are trained together here, from the job's `vae` stage:
+  extractor  `lgm.models.extractor.WatermarkExtractor`, one logit per bit, learns HiDDeN's task (Zhu et al.
+             2018): to read random messages that a small embedder (`WatermarkEmbedder`, used for nothing else)
+             hides in training images. An extractor that reads any message bit by bit has bits that do not
+             follow each other on an image without a message, which the detector's binomial test assumes;
+  decoder    a copy of the VAE's decoder, fine-tuned so that this extractor reads the signature's message
+             (`signature.message`, or `signature.bits` bits drawn from `config.seed`) in everything it decodes;
+             the extractor is not moved by this half of the loss.
+Every image may differ from its original (the embedder's input; the unsigned decoder's image of the same
+latents) by a budget, PSNR `signature.target_psnr`; beyond it the squared error is penalised with weight
+`signature.image_weight`. Between image and extractor each group of the batch goes through one of
+`TRAIN_DISTORTIONS` (JPEG at a random quality, resize to half and back, a crop, noise, colour jitter, none), so
+the signature survives them. The latents are draws from the VAE's posterior of training images.
 
 Detection (`lgm.provenance.Detector`) counts the bits that match the message and tests that count against
 chance; `lgm.pipeline.TextToImage` decodes with the signed decoder when the job has this stage.
@@ -29,6 +32,7 @@ import optax
 
 from lgm import distortions, losses
 from lgm.models import autoencoder, build_model
+from lgm.models import extractor as extractor_lib
 from lgm.tasks.base import Task, Trained
 
 PyTree = Any
@@ -68,18 +72,6 @@ EVAL_DISTORTIONS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
 }
 
 
-def chance_penalty(logits: jax.Array) -> jax.Array:
-  """How far a batch of logits (N, bits) is from zero mean and identity covariance (VICReg's variance and
-  covariance terms, Bardes et al. 2022, with the variance held at 1). Unsigned images held there read as
-  independent fair coins, the null hypothesis of the detector's binomial test; pushing their logits to zero
-  instead leaves them small and correlated, a structure that whitening cannot remove without scrambling the
-  signed images' bits."""
-  mean = logits.mean(axis=0)
-  centred = logits - mean
-  covariance = centred.T @ centred / (logits.shape[0] - 1)
-  return (jnp.sum(jnp.square(mean)) + jnp.sum(jnp.square(covariance - jnp.eye(logits.shape[1])))) / logits.shape[1]
-
-
 def message_bits(message: str, bits: int, seed: int) -> np.ndarray:
   """The signature as a bool array: `message` ('0'/'1' characters) or, when empty, `bits` fair coin flips drawn
   from `seed`."""
@@ -104,9 +96,9 @@ class SignatureTask(Task):
     self.bits = int(settings.bits)
     self.message = message_bits(settings.message, self.bits, config.seed)
     self.image_weight = float(settings.image_weight)
-    self.negative_weight = float(settings.negative_weight)
     self.mse_budget = 10.0 ** (-float(settings.target_psnr) / 10)
     self.extractor = build_model(config.model, config.train.compute_dtype, bits=self.bits)
+    self.embedder = extractor_lib.WatermarkEmbedder(self.bits, ch=config.model.ch)
     self.image_shape = vae.task.image_shape
     self.decoder_keys = tuple(k for k in DECODER_KEYS if k in vae.params)
 
@@ -135,11 +127,12 @@ class SignatureTask(Task):
     return autoencoder.reparameterize(rng, mean, logvar) if sample else mean
 
   def _read_distorted(self, params: PyTree, images: jax.Array, rng: jax.Array,
-                      table: dict[str, Callable]) -> dict[str, jax.Array]:
-    """Name -> logits of one slice of `images` per distortion of `table` (the batch split in equal parts)."""
+                      table: dict[str, Callable]) -> jax.Array:
+    """Logits of `images`, each slice of the batch (split in equal parts, in order) through one distortion of
+    `table`."""
     parts = np.array_split(np.arange(images.shape[0]), len(table))
-    return {name: self.extract(params, fn(images[part[0]:part[-1] + 1], jax.random.fold_in(rng, i)))
-            for i, ((name, fn), part) in enumerate(zip(table.items(), parts))}
+    return jnp.concatenate([self.extract(params, fn(images[part[0]:part[-1] + 1], jax.random.fold_in(rng, i)))
+                            for i, (fn, part) in enumerate(zip(table.values(), parts))])
 
   def _pair(self, params: PyTree, images: jax.Array, rng: jax.Array, sample: bool):
     latents = self._latents(images, rng, sample)
@@ -148,31 +141,40 @@ class SignatureTask(Task):
 
   # --- what the trainer calls ---------------------------------------------------------------------------
   def init(self, rng: jax.Array) -> PyTree:
-    extractor = self.extractor.init(rng, jnp.zeros((1, *self.image_shape), jnp.float32))['params']
-    return {'decoder': {k: self.vae.params[k] for k in self.decoder_keys}, 'extractor': extractor}
+    images = jnp.zeros((1, *self.image_shape), jnp.float32)
+    extractor_rng, embedder_rng = jax.random.split(rng)
+    return {'decoder': {k: self.vae.params[k] for k in self.decoder_keys},
+            'extractor': self.extractor.init(extractor_rng, images)['params'],
+            'embedder': self.embedder.init(embedder_rng, images, jnp.ones((1, self.bits)))['params']}
 
   def loss(self, params: PyTree, batch: dict, rng: jax.Array, train: bool = True):
     del train
     x = batch['image']
-    latent_rng, pair_rng, real_rng = jax.random.split(rng, 3)
+    latent_rng, message_rng, embedded_rng, signed_rng = jax.random.split(rng, 4)
+    # HiDDeN: the extractor learns to read random messages that the embedder hides in training images. Reading
+    # any message bit by bit, its bits are not tied to each other or to the signature's message.
+    messages = jax.random.bernoulli(message_rng, 0.5, (x.shape[0], self.bits))
+    embedded = self.embedder.apply({'params': params['embedder']}, x, 2.0 * messages - 1)
+    read = self._read_distorted(params, embedded, embedded_rng, TRAIN_DISTORTIONS)
+    hidden_loss = optax.sigmoid_binary_cross_entropy(read, messages.astype(jnp.float32)).mean()
+    # The decoder learns to write the signature's message for that extractor, which it does not move.
     signed, unsigned = self._pair(params, x, latent_rng, sample=True)
-    read = lambda images, key: jnp.concatenate(list(self._read_distorted(params, images, key, TRAIN_DISTORTIONS).values()))
-    positives, paired = read(signed, pair_rng), read(unsigned, pair_rng)  # the same distortion for both of a pair
-    negatives = jnp.concatenate([paired, read(x, real_rng)])
-    target = jnp.broadcast_to(jnp.asarray(self.message, jnp.float32), positives.shape)
-    read_loss = optax.sigmoid_binary_cross_entropy(positives, target).mean()
-    unread = chance_penalty(negatives)
-    # The signed image of a pair must read closer to the message than its unsigned twin: without this term a
-    # reader that ignores its input (the message, half-confident, for every image) is where training starts.
-    contrast = optax.sigmoid_binary_cross_entropy(positives - paired, target).mean()
-    # Each image may differ from the unsigned one by its budget (PSNR `target_psnr`); only more is penalised.
-    mse = losses.per_example_sum(jnp.square((signed - unsigned) / 2), mean=True)
-    over_budget = jnp.maximum(mse - self.mse_budget, 0.0).mean()
-    loss = read_loss + contrast + self.negative_weight * unread + self.image_weight * over_budget
-    metrics = {'bit_accuracy': jnp.mean((positives > 0) == target.astype(bool)),
-               'negative_logit': jnp.abs(negatives).mean(), 'read_loss': read_loss, 'contrast_loss': contrast,
-               'psnr_to_unsigned': losses.psnr(signed, unsigned).mean()}
+    frozen = {**params, 'extractor': jax.lax.stop_gradient(params['extractor'])}
+    signed_read = self._read_distorted(frozen, signed, signed_rng, TRAIN_DISTORTIONS)
+    target = jnp.broadcast_to(jnp.asarray(self.message, jnp.float32), signed_read.shape)
+    signed_loss = optax.sigmoid_binary_cross_entropy(signed_read, target).mean()
+    # Each image may differ from its original by its budget (PSNR `target_psnr`); only more is penalised.
+    over_budget = self._over_budget(signed, unsigned) + self._over_budget(embedded, x)
+    loss = hidden_loss + signed_loss + self.image_weight * over_budget
+    metrics = {'bit_accuracy': jnp.mean((signed_read > 0) == target.astype(bool)),
+               'hidden_bit_accuracy': jnp.mean((read > 0) == messages), 'signed_loss': signed_loss,
+               'hidden_loss': hidden_loss, 'psnr_to_unsigned': losses.psnr(signed, unsigned).mean(),
+               'psnr_hidden': losses.psnr(embedded, x).mean()}
     return loss, metrics
+
+  def _over_budget(self, images: jax.Array, originals: jax.Array) -> jax.Array:
+    mse = losses.per_example_sum(jnp.square((images - originals) / 2), mean=True)
+    return jnp.maximum(mse - self.mse_budget, 0.0).mean()
 
   def evaluate(self, params: PyTree, batch: dict, rng: jax.Array) -> dict[str, jax.Array]:
     """Bit accuracy of signed images through each of `EVAL_DISTORTIONS`, the share of bits of real images
