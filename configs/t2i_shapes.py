@@ -15,8 +15,9 @@ Then DIR/report.md (caption fidelity, CLIP score and FID at each guidance of `re
 held-out images and their reconstructions; confusion tables; negative prompts; the signature's robustness,
 false positives on real images and cost), DIR/samples/prompts.png and
 DIR/samples/negative_prompts.png. Override any stage: --config.score.train.num_steps=4000.
-Measured on a 2-core machine, 2026-12-05 (docs/results.md): 25 min 16 s end to end from a fresh clone; all four
-attributes right in 0.960 of the images at guidance 3 (0.834 at guidance 1).
+Measured on a 2-core machine, 2026-12-05 (docs/results.md): 25 min 16 s end to end from a fresh clone before the
+signature stage was added (it takes 243 s more, its report rows about 70 s); all four attributes right in 0.960
+of the images at guidance 3 (0.834 at guidance 1); signed, 0.959, with 99.8% of the images detected.
 """
 
 import ml_collections
