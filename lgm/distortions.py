@@ -70,23 +70,25 @@ def _quantise_blocks(plane: jax.Array, table: jax.Array) -> jax.Array:
 
 def jpeg(images: jax.Array, quality: jax.Array) -> jax.Array:
   """JPEG compression and decompression at `quality`, differentiable: RGB -> YCbCr, chroma averaged over 2x2
-  (4:2:0), 8x8 DCT, coefficients rounded to libjpeg's tables, and back. Sizes must be multiples of 16; a
-  single channel image is coded as luma alone."""
+  (4:2:0), 8x8 DCT, coefficients rounded to libjpeg's tables, and back. A side that is not a multiple of 16 is
+  padded by repeating its last row or column, as encoders fill a partial block, and cropped back; a single
+  channel image is coded as luma alone."""
   b, h, w, c = images.shape
-  if h % 16 or w % 16:
-    raise ValueError(f'jpeg simulates 16x16 macroblocks; got {h}x{w} images.')
+  pad_h, pad_w = -h % 16, -w % 16
+  x = jnp.pad(jnp.clip(images, -1, 1), ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode='edge')
+  x = (x + 1) * 127.5
   luma_table, chroma_table = quantisation_tables(jnp.asarray(quality, jnp.float32))
-  x = (jnp.clip(images, -1, 1) + 1) * 127.5
   if c == 1:
-    luma = _quantise_blocks(x[..., 0] - 128, luma_table) + 128
-    return jnp.clip(luma[..., None] / 127.5 - 1, -1, 1)
-  ycbcr = x @ _TO_YCBCR.T
-  luma = _quantise_blocks(ycbcr[..., 0] - 128, luma_table) + 128
-  chroma = ycbcr[..., 1:].reshape(b, h // 2, 2, w // 2, 2, 2).mean(axis=(2, 4))
-  chroma = jnp.stack([_quantise_blocks(chroma[..., i], chroma_table) for i in range(2)], axis=-1)
-  chroma = jax.image.resize(chroma, (b, h, w, 2), 'linear')
-  rgb = jnp.concatenate([luma[..., None], chroma], axis=-1) @ _FROM_YCBCR.T
-  return jnp.clip(rgb / 127.5 - 1, -1, 1)
+    out = (_quantise_blocks(x[..., 0] - 128, luma_table) + 128)[..., None]
+  else:
+    ycbcr = x @ _TO_YCBCR.T
+    luma = _quantise_blocks(ycbcr[..., 0] - 128, luma_table) + 128
+    ph, pw = h + pad_h, w + pad_w
+    chroma = ycbcr[..., 1:].reshape(b, ph // 2, 2, pw // 2, 2, 2).mean(axis=(2, 4))
+    chroma = jnp.stack([_quantise_blocks(chroma[..., i], chroma_table) for i in range(2)], axis=-1)
+    chroma = jax.image.resize(chroma, (b, ph, pw, 2), 'linear')
+    out = jnp.concatenate([luma[..., None], chroma], axis=-1) @ _FROM_YCBCR.T
+  return jnp.clip(out[:, :h, :w] / 127.5 - 1, -1, 1)
 
 
 def resize_back(images: jax.Array, scale: float) -> jax.Array:

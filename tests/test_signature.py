@@ -29,6 +29,10 @@ def test_the_jpeg_simulation_is_libjpeg_up_to_rounding(images):
     assert to_pil > 40 and to_pil > float(losses.psnr(encoded, images).mean()) + 10
   gradient = jax.grad(lambda x: distortions.jpeg(x, 50.0).sum())(jnp.asarray(images) * 0.9)
   assert np.isfinite(gradient).all() and np.abs(gradient).mean() > 0.5
+  odd = images[:, :24, :20]  # sides that are not multiples of 16: padded, coded, cropped back
+  assert float(losses.psnr(np.asarray(distortions.jpeg(jnp.asarray(odd), 75)), distortions.pil_jpeg(odd, 75)).mean()) > 35
+  grey = images[..., :1]
+  assert float(losses.psnr(np.asarray(distortions.jpeg(jnp.asarray(grey), 75)), distortions.pil_jpeg(grey, 75)).mean()) > 40
 
 
 def test_resize_and_crop_match_their_file_versions(images):
