@@ -101,8 +101,19 @@ def _embedding_decoder():
   return task, config
 
 
+def _signature():
+  """The signature stage on an untrained 8x8 VAE (every training distortion gets one or two images)."""
+  from configs import signature_shapes
+  vae_task, vae_config = _autoencoding()
+  config = signature_shapes.get_config()
+  config.data.dataset, config.data.image_size, config.data.channels = 'digits', 8, 1
+  config.model.ch = 8
+  return tasks.TASKS['signature'](config, vae=_initialised(vae_task, vae_config)), config
+
+
 BUILDERS = {'autoencoding': _autoencoding, 'score': _score, 'clip': _clip, 'attributes': _attributes,
-            'text_to_image': _text_to_image, 'prior': _prior, 'embedding_decoder': _embedding_decoder}
+            'text_to_image': _text_to_image, 'prior': _prior, 'embedding_decoder': _embedding_decoder,
+            'signature': _signature}
 
 
 def test_every_registered_task_is_built_here():

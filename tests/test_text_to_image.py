@@ -238,7 +238,7 @@ def test_bad_job_data_is_refused_before_any_stage_trains(tmp_path):
   for stage in mixed.stage_order:
     mixed[stage].data.update({'dataset': 'digits', 'image_size': 32, 'channels': 1})
   mixed.vae.data.image_size = 16
-  cases.append((mixed, 'the stages disagree on data.image_size (vae: 16, clip: 32, classifier: 32, score: 32)'))
+  cases.append((mixed, 'the stages disagree on data.image_size (vae: 16, clip: 32, classifier: 32, score: 32, signature: 32)'))
   for config, message in cases:
     with pytest.raises(ValueError, match=re.escape(message)) as error:
       jobs.run_job(config, str(tmp_path / 'job'))
