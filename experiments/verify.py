@@ -4,8 +4,9 @@ python -m experiments.verify --model=runs/t2i_shapes IMAGE.png [IMAGE.jpg ...] [
 
 --model is a text-to-image job with a `signature` stage, or the stage's own directory (the extractor and the
 message stay with whoever trained the model: an exported model carries the signed decoder, not the detector).
-Each image is read at its own size (a crop is read as it is). For each it prints the bits that match the
-message, the p-value of that many matches for an image without the signature (exact binomial tail), and the
+An image larger than the model's images on both sides (an enlarged copy, such as `experiments.sample`'s 2x grid of
+one image) is resized back to the model's size; any other is read at its own size (a crop is read as it is). For
+each it prints the bits that match the message, the p-value of that many matches for an image without the signature (exact binomial tail), and the
 verdict at --false_positive_rate: 'signed' when the p-value is at most it.
 """
 
@@ -30,7 +31,7 @@ def main(argv):
   if not 0 < _FPR.value < 1:
     raise ValueError(f'--false_positive_rate must be in (0, 1), got {_FPR.value}.')
   detector = provenance.load_detector(_MODEL.value)
-  channels = detector.channels
+  height, width, channels = detector.image_shape
   print(f'# {detector.bits}-bit signature; signed when p <= {_FPR.value:g} '
         f'(at least {provenance.match_threshold(detector.bits, _FPR.value)} matching bits)')
   signed = 0
@@ -38,6 +39,8 @@ def main(argv):
     if not files.exists(path):
       raise FileNotFoundError(f'{path} does not exist.')
     image = images.read_image_as_is(path, channels)
+    if image.shape[0] > height and image.shape[1] > width:  # an enlarged copy: back to the size it was made at
+      image = images.read_image(path, detector.image_shape)
     if min(image.shape[:2]) < MIN_SIZE:
       raise ValueError(f'{path} is {image.shape[1]}x{image.shape[0]}; the detector reads images of at least '
                        f'{MIN_SIZE}x{MIN_SIZE}.')

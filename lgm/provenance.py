@@ -93,7 +93,7 @@ class Detector:
   message: np.ndarray  # (bits,) bool
   mean: np.ndarray  # `fit_whitening` on unsigned images
   whitening: np.ndarray
-  channels: int = 3  # of the images it reads
+  image_shape: tuple[int, int, int] = (32, 32, 3)  # of the images the signed decoder makes
 
   @property
   def bits(self) -> int:
@@ -136,15 +136,15 @@ def load_detector(path: str, batch_size: int = 250) -> Detector:
   trained = stages.load_trained(directory)
   task = trained.task
   extract = lambda images: batching.map_in_batches(task.extract, trained.params, images, batch_size)
-  channels = task.image_shape[-1]
   saved = files.normjoin(directory, DETECTOR_FILE)
   if files.exists(saved):
     fitted = files.read_json(saved)
-    return Detector(extract, task.message, np.asarray(fitted['mean']), np.asarray(fitted['whitening']), channels)
+    return Detector(extract, task.message, np.asarray(fitted['mean']), np.asarray(fitted['whitening']),
+                    task.image_shape)
   config = trained.config
   real = loader_lib.load_arrays(config, config.data.train_split, config.signature.calibration_images)[0]['image']
   mean, whitening = fit_whitening(extract(distortions.REPORT_DISTORTIONS['none'](real, 0)))
-  detector = Detector(extract, task.message, mean, whitening, channels)
+  detector = Detector(extract, task.message, mean, whitening, task.image_shape)
   if jax.process_index() == 0:
     files.write_json(saved, {**detector.to_json(), 'num_images': len(real)}, indent=1)
   return detector

@@ -174,11 +174,12 @@ def test_verify_reads_image_files_and_refuses_a_tiny_one(job, pipe, tmp_path):
   workdir = job[0]
   images, _ = pipe(['a large red circle in the top left', 'a small blue square'], seeds=[0, 1])
   detector = provenance.load_detector(workdir)
-  paths = [str(tmp_path / 'a.png'), str(tmp_path / 'b.jpg'), str(tmp_path / 'crop.png')]
+  paths = [str(tmp_path / name) for name in ('a.png', 'b.jpg', 'crop.png', 'grid.png')]
   pixels = image_lib.to_uint8(images)
   PIL.Image.fromarray(pixels[0]).save(paths[0])
   PIL.Image.fromarray(pixels[1]).save(paths[1], quality=75)
   PIL.Image.fromarray(pixels[0][2:31, 1:30]).save(paths[2])
+  image_lib.save_grid(paths[3], images[:1], upscale=2)  # as experiments.sample writes one image: 66x66
   result = subprocess.run([sys.executable, '-m', 'experiments.verify', f'--model={workdir}', *paths],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
@@ -186,6 +187,8 @@ def test_verify_reads_image_files_and_refuses_a_tiny_one(job, pipe, tmp_path):
   assert [line[0] for line in lines] == paths
   expected = detector.matches(distortions.REPORT_DISTORTIONS['none'](images[:1], 0))[0]
   assert lines[0][1] == f'{expected}/16 bits'
+  resized = detector.matches(image_lib.read_image(paths[3], (32, 32, 3))[None])[0]  # read back at the model's size
+  assert lines[3][1] == f'{resized}/16 bits'
   for path, bits, p, verdict in lines:
     matches = int(bits.split('/')[0])
     assert p == f'p={provenance.p_value(matches, 16):.3g}'
