@@ -38,7 +38,7 @@ def main(argv):
   for path in paths:
     if not files.exists(path):
       raise FileNotFoundError(f'{path} does not exist.')
-    image = images.read_image_as_is(path, channels)
+    image = images.read_image(path, (None, None, channels))
     if image.shape[0] > height and image.shape[1] > width:  # an enlarged copy: back to the size it was made at
       image = images.read_image(path, detector.image_shape)
     if min(image.shape[:2]) < MIN_SIZE:

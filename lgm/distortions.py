@@ -131,6 +131,11 @@ def _pil_map(images: np.ndarray, fn: Callable[[Image.Image], Image.Image]) -> np
   return np.stack(out)
 
 
+def to_8_bit(images: np.ndarray) -> np.ndarray:
+  """Written to 8 bits, as an image file holds it, and read back."""
+  return _pil_map(images, lambda pil: pil)
+
+
 def pil_jpeg(images: np.ndarray, quality: int) -> np.ndarray:
   """Saved as a JPEG file at `quality` (PIL's libjpeg, 4:2:0) and read back."""
   def fn(pil):
@@ -154,22 +159,21 @@ def _numpy_crop(images: np.ndarray, seed: int, keep: float) -> np.ndarray:
   ch, cw = crop_size(h, keep), crop_size(w, keep)
   rng = np.random.default_rng(seed)
   tops, lefts = rng.integers(0, h - ch + 1, n), rng.integers(0, w - cw + 1, n)
-  quantised = _pil_map(images, lambda pil: pil)  # written to a file: 8 bits
-  return np.stack([image[t:t + ch, l:l + cw] for image, t, l in zip(quantised, tops, lefts)])
+  return np.stack([image[t:t + ch, l:l + cw] for image, t, l in zip(to_8_bit(images), tops, lefts)])
 
 
 def _numpy_noise(images: np.ndarray, seed: int, sigma: float) -> np.ndarray:
   noisy = images + 2 * sigma * np.random.default_rng(seed).standard_normal(images.shape)
-  return _pil_map(np.clip(noisy, -1, 1), lambda pil: pil)
+  return to_8_bit(np.clip(noisy, -1, 1))
 
 
 def _numpy_brightness(images: np.ndarray, factor: float) -> np.ndarray:
-  return _pil_map(np.clip((images + 1) * factor - 1, -1, 1), lambda pil: pil)
+  return to_8_bit(np.clip((images + 1) * factor - 1, -1, 1))
 
 
 # name -> fn(images in [-1, 1], seed) -> distorted images, each written to 8 bits as a file would be.
 REPORT_DISTORTIONS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
-    'none': lambda x, seed: _pil_map(x, lambda pil: pil),
+    'none': lambda x, seed: to_8_bit(x),
     'jpeg90': lambda x, seed: pil_jpeg(x, 90),
     'jpeg75': lambda x, seed: pil_jpeg(x, 75),
     'jpeg50': lambda x, seed: pil_jpeg(x, 50),

@@ -132,7 +132,7 @@ def export(workdir: str, out: str) -> dict[str, Any]:
   signed = files.exists(workdir_lib.config_path(signature_dir))
   if signed:
     signed_vae = pipeline.signed_vae(workdir)  # refuses a signature of a VAE the job does not decode with
-    vae_dir = files.real(stages.stage_dir(signature_dir, workdir_lib.read_config(signature_dir).stages.vae))
+    vae_dir = pipeline.vae_dir(signature_dir)
     trained[next(name for name, path in sources.items() if path == vae_dir)] = signed_vae
   manifest = {'format': FORMAT, 'version': VERSION, 'lgm_version': importlib.metadata.version('lgm'),
               'roots': sorted(roots), 'signed': signed, 'stages': {}}

@@ -98,18 +98,13 @@ def save_grid(path: str, images, ncol: int | None = None, upscale: int = 1,
   return save_png(path, make_grid(upscale_nearest(to_rgb_uint8(images), upscale), ncol=ncol), text)
 
 
-def read_image(path: str, shape: tuple[int, int, int]) -> np.ndarray:
-  """An image file as an (H, W, C) float array in [-1, 1], converted to C channels (1 or 3) and resized to H x W."""
+def read_image(path: str, shape: tuple[int | None, int | None, int]) -> np.ndarray:
+  """An image file as an (H, W, C) float array in [-1, 1], converted to C channels (1 or 3) and resized to H x W
+  (H and W None: at its own size)."""
   height, width, channels = shape
   with Image.open(path) as image:
-    image = image.convert('L' if channels == 1 else 'RGB').resize((width, height), Image.BICUBIC)
+    image = image.convert('L' if channels == 1 else 'RGB')
+    if height is not None:
+      image = image.resize((width, height), Image.BICUBIC)
     array = np.asarray(image, np.float32)
-  return (array.reshape(height, width, channels) / 127.5 - 1.0).astype(np.float32)
-
-
-
-def read_image_as_is(path: str, channels: int) -> np.ndarray:
-  """An image file as an (H, W, C) float array in [-1, 1] at its own size, converted to C channels (1 or 3)."""
-  with Image.open(path) as image:
-    array = np.asarray(image.convert('L' if channels == 1 else 'RGB'), np.float32)
   return (array.reshape(*array.shape[:2], channels) / 127.5 - 1.0).astype(np.float32)

@@ -40,21 +40,24 @@ from lgm.train import workdir as workdir_lib
 
 SCORE_STAGE = 'score'
 PRIOR_STAGE, DECODER_STAGE = 'prior', 'decoder'
-SIGNATURE_STAGE = 'signature'  # a signed VAE decoder (lgm.tasks.signature): every road decodes with it
+SIGNATURE_STAGE = provenance.SIGNATURE_STAGE  # a signed VAE decoder: every road decodes with it
 ROUTES = ('guided', 'prior')
+
+
+def vae_dir(stage: str) -> str:
+  """The real path of the VAE stage that the stage at `stage` reads (its `config.stages.vae`)."""
+  return files.real(stages.stage_dir(stage, workdir_lib.read_config(stage).stages.vae))
 
 
 def signed_vae(workdir: str) -> Trained:
   """The VAE of the job at `workdir` with the signed decoder of its `signature` stage."""
   signature = stages.load_stage(workdir, SIGNATURE_STAGE, SIGNATURE_STAGE)
-  vae_dir = files.real(stages.stage_dir(os.path.join(workdir, SIGNATURE_STAGE), signature.config.stages.vae))
+  signs = vae_dir(os.path.join(workdir, SIGNATURE_STAGE))
   for name in (SCORE_STAGE, DECODER_STAGE):
-    config_path = os.path.join(workdir, name, 'config.json')
-    if files.exists(config_path):
-      config = workdir_lib.read_config(os.path.join(workdir, name))
-      theirs = files.real(stages.stage_dir(os.path.join(workdir, name), config.stages.vae))
-      if theirs != vae_dir:
-        raise ValueError(f'the signature stage of {workdir} signs the VAE at {vae_dir}, but its {name} stage '
+    if files.exists(workdir_lib.config_path(os.path.join(workdir, name))):
+      theirs = vae_dir(os.path.join(workdir, name))
+      if theirs != signs:
+        raise ValueError(f'the signature stage of {workdir} signs the VAE at {signs}, but its {name} stage '
                          f'decodes with {theirs}; train the signature stage on the VAE the job uses.')
   return signature.task.signed_vae(signature.params)
 

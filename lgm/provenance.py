@@ -30,6 +30,7 @@ from PIL import Image
 
 from lgm import batching, distortions, exported, files, stages
 from lgm.data import loader as loader_lib
+from lgm.tasks import Trained
 
 RECIPE_KEY = 'lgm-recipe'
 SIGNATURE_STAGE = 'signature'
@@ -128,12 +129,12 @@ def signature_stage(path: str) -> str:
                           "has 'signature' (configs/t2i_shapes.py), or train configs/signature_shapes.py.")
 
 
-def load_detector(path: str, batch_size: int = 250) -> Detector:
-  """The detector of the signature stage of `path` (`signature_stage`). Its whitening is read from
-  STAGE/detector.json; on first use it is measured on `signature.calibration_images` training images, written to
-  8 bits as files are, and saved there."""
+def load_detector(path: str, batch_size: int = 250, trained: Trained | None = None) -> Detector:
+  """The detector of the signature stage of `path` (`signature_stage`; `trained`: that stage, when the caller has
+  loaded it). Its whitening is read from STAGE/detector.json; on first use it is measured on
+  `signature.calibration_images` training images, written to 8 bits as files are, and saved there."""
   directory = signature_stage(path)
-  trained = stages.load_trained(directory)
+  trained = trained or stages.load_trained(directory)
   task = trained.task
   extract = lambda images: batching.map_in_batches(task.extract, trained.params, images, batch_size)
   saved = files.normjoin(directory, DETECTOR_FILE)
@@ -143,7 +144,7 @@ def load_detector(path: str, batch_size: int = 250) -> Detector:
                     task.image_shape)
   config = trained.config
   real = loader_lib.load_arrays(config, config.data.train_split, config.signature.calibration_images)[0]['image']
-  mean, whitening = fit_whitening(extract(distortions.REPORT_DISTORTIONS['none'](real, 0)))
+  mean, whitening = fit_whitening(extract(distortions.to_8_bit(real)))
   detector = Detector(extract, task.message, mean, whitening, task.image_shape)
   if jax.process_index() == 0:
     files.write_json(saved, {**detector.to_json(), 'num_images': len(real)}, indent=1)

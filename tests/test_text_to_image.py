@@ -162,7 +162,7 @@ def test_unsigned_images_are_called_signed_at_the_nominal_rate(job):
   detector = provenance.load_detector(job[0])
   config = stages.load_trained(os.path.join(job[0], 'signature')).config
   real = loader_lib.load_arrays(config, 'test', 2000)[0]['image']
-  matches = detector.matches(distortions.REPORT_DISTORTIONS['none'](real, 0))
+  matches = detector.matches(distortions.to_8_bit(real))
   for threshold in (10, 11, 12, 13):
     rate = provenance.p_value(threshold, detector.bits)
     low, high = scipy.stats.binom.interval(0.999, len(real), rate)
@@ -185,7 +185,7 @@ def test_verify_reads_image_files_and_refuses_a_tiny_one(job, pipe, tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   lines = [line.split('\t') for line in result.stdout.splitlines() if not line.startswith('#')]
   assert [line[0] for line in lines] == paths
-  expected = detector.matches(distortions.REPORT_DISTORTIONS['none'](images[:1], 0))[0]
+  expected = detector.matches(distortions.to_8_bit(images[:1]))[0]
   assert lines[0][1] == f'{expected}/16 bits'
   resized = detector.matches(image_lib.read_image(paths[3], (32, 32, 3))[None])[0]  # read back at the model's size
   assert lines[3][1] == f'{resized}/16 bits'

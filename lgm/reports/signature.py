@@ -15,13 +15,15 @@ import numpy as np
 import scipy.stats
 
 from lgm import batching, distortions, losses, provenance, stages
+from lgm.tasks import Trained
 
 UNSIGNED = 'unsigned'  # the tag suffix of the report's rows decoded without the signature
 
 
 def evaluate(workdir: str, generated: np.ndarray, real: np.ndarray, false_positive_rate: float,
              batch_size: int = 250) -> dict[str, float]:
-  detector = provenance.load_detector(workdir)
+  signature = stages.load_trained(provenance.signature_stage(workdir))
+  detector = provenance.load_detector(workdir, batch_size, signature)
   metrics = {}
   for i, (name, distort) in enumerate(distortions.REPORT_DISTORTIONS.items()):
     ours, theirs = distort(generated, 2 * i), distort(real, 2 * i + 1)
@@ -31,15 +33,14 @@ def evaluate(workdir: str, generated: np.ndarray, real: np.ndarray, false_positi
     metrics[f'signature_false_positives_{name}'] = false_positives / len(real)
     metrics[f'signature_false_positives_bound_{name}'] = float(
         scipy.stats.beta.ppf(0.95, false_positives + 1, len(real) - false_positives))
-  metrics['signature_psnr'] = _psnr_to_unsigned(workdir, real, batch_size)
+  metrics['signature_psnr'] = _psnr_to_unsigned(signature, real, batch_size)
   metrics.update(signature_bits=detector.bits, signature_false_positive_rate=false_positive_rate,
                  signature_generated_images=len(generated), signature_real_images=len(real))
   return metrics
 
 
-def _psnr_to_unsigned(workdir: str, images: np.ndarray, batch_size: int) -> float:
-  """Mean PSNR of the signed decoder's images against the unsigned decoder's, on the latents of `images`."""
-  signature = stages.load_trained(provenance.signature_stage(workdir))
+def _psnr_to_unsigned(signature: Trained, images: np.ndarray, batch_size: int) -> float:
+  """Mean PSNR of the signature stage's signed decoder against its VAE's own decoder, on the latents of `images`."""
   vae = signature.task.vae
 
   def pair(params, x):

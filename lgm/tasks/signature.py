@@ -48,7 +48,8 @@ def _colour_jitter(images: jax.Array, rng: jax.Array) -> jax.Array:
   """Brightness, contrast and saturation each scaled by a factor in [0.8, 1.2]."""
   b, c, s = (_uniform(key, 0.8, 1.2) for key in jax.random.split(rng, 3))
   x = distortions.brightness(images, b)
-  x = jnp.clip((x - x.mean(axis=(1, 2, 3), keepdims=True)) * c + x.mean(axis=(1, 2, 3), keepdims=True), -1, 1)
+  mean = x.mean(axis=(1, 2, 3), keepdims=True)
+  x = jnp.clip((x - mean) * c + mean, -1, 1)
   grey = x.mean(axis=-1, keepdims=True)
   return jnp.clip(grey + (x - grey) * s, -1, 1)
 
@@ -116,15 +117,12 @@ class SignatureTask(Task):
     """(B, bits) logits of the extractor."""
     return self.extractor.apply({'params': params['extractor']}, images)
 
-  def _decode(self, vae_params: PyTree, latents: jax.Array) -> jax.Array:
-    return self.vae.task.model.apply({'params': vae_params}, latents, method=autoencoder.Autoencoder.decode)
-
   def _latents(self, images: jax.Array, rng: jax.Array, sample: bool) -> jax.Array:
     """Posterior draws (means when not `sample`) of the VAE for `images`; an autoencoder's codes."""
-    if not self.vae.task.is_variational:
-      return self.vae.task.encode(self.vae.params, images)
-    mean, logvar = self.vae.task.model.apply({'params': self.vae.params}, images, method=autoencoder.VAE.posterior)
-    return autoencoder.reparameterize(rng, mean, logvar) if sample else mean
+    if sample and self.vae.task.is_variational:
+      mean, logvar = self.vae.task.model.apply({'params': self.vae.params}, images, method=autoencoder.VAE.posterior)
+      return autoencoder.reparameterize(rng, mean, logvar)
+    return self.vae.task.encode(self.vae.params, images)
 
   def _read_distorted(self, params: PyTree, images: jax.Array, rng: jax.Array,
                       table: dict[str, Callable]) -> jax.Array:
@@ -136,8 +134,8 @@ class SignatureTask(Task):
 
   def _pair(self, params: PyTree, images: jax.Array, rng: jax.Array, sample: bool):
     latents = self._latents(images, rng, sample)
-    unsigned = jax.lax.stop_gradient(self._decode(self.vae.params, latents))
-    return self._decode(self.signed_params(params), latents), unsigned
+    unsigned = jax.lax.stop_gradient(self.vae.task.decode(self.vae.params, latents))
+    return self.vae.task.decode(self.signed_params(params), latents), unsigned
 
   # --- what the trainer calls ---------------------------------------------------------------------------
   def init(self, rng: jax.Array) -> PyTree:
