@@ -12,6 +12,8 @@ def cifar10_config(sde: str) -> ml_collections.ConfigDict:
   config.data.random_flip = True
   config.sampling.method = 'pc'
   config.sampling.num_steps = 1000
+  # Winograd 3x3 convolutions on CPU (a third faster there), XLA's convolutions on accelerators.
+  config.model.conv_algorithm = 'auto'
 
   config.train.batch_size = 128
   config.train.num_steps = 1_300_000  # score_sde's n_iters = 1300001 is the loop bound

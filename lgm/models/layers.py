@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from lgm.models import winograd
+
 Dtype = Any
 Initializer = nn.initializers.Initializer
 Init = Callable[[float], Initializer]
@@ -47,14 +49,18 @@ def group_norm(channels: int, dtype: Dtype = jnp.float32, groups: int | None = N
   return nn.GroupNorm(num_groups=groups, dtype=dtype)
 
 
-def conv3x3(features: int, kernel_init: Initializer, dtype: Dtype, stride: int = 1) -> nn.Conv:
-  return nn.Conv(features, (3, 3), strides=(stride, stride), kernel_init=kernel_init, dtype=dtype)
+def conv3x3(features: int, kernel_init: Initializer, dtype: Dtype, stride: int = 1,
+            algorithm: str = 'xla') -> nn.Conv:
+  """A 3x3 'SAME' convolution; `algorithm` as `winograd.conv_general_dilated` (same parameters either way)."""
+  return nn.Conv(features, (3, 3), strides=(stride, stride), kernel_init=kernel_init, dtype=dtype,
+                 conv_general_dilated=winograd.conv_general_dilated(algorithm))
 
 
 def norm_act_conv(h: jnp.ndarray, features: int, kernel_init: Initializer, dtype: Dtype,
-                  norm_groups: int | None = None) -> jnp.ndarray:
+                  norm_groups: int | None = None, algorithm: str = 'xla') -> jnp.ndarray:
   """GroupNorm, swish, 3x3 conv: the output head of the networks (and of the score nets' pyramids)."""
-  return conv3x3(features, kernel_init, dtype)(nn.swish(group_norm(h.shape[-1], dtype, norm_groups)(h)))
+  conv = conv3x3(features, kernel_init, dtype, algorithm=algorithm)
+  return conv(nn.swish(group_norm(h.shape[-1], dtype, norm_groups)(h)))
 
 
 def skip_sum(x: jnp.ndarray, h: jnp.ndarray, rescale: bool) -> jnp.ndarray:
@@ -165,6 +171,7 @@ class Resample(nn.Module):
   fir: bool = False
   fir_kernel: Sequence[int] = (1, 3, 3, 1)
   kernel_init: Init = ddpm_init
+  conv_algorithm: str = 'xla'  # `winograd.ALGORITHMS`
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -176,7 +183,7 @@ class Resample(nn.Module):
       return FIRConv(out_ch, up=self.up, down=not self.up, fir_kernel=tuple(self.fir_kernel),
                      kernel_init=init, dtype=self.dtype)(x)
     if self.up:
-      return conv3x3(out_ch, init, self.dtype)(resample(x, up=True))
+      return conv3x3(out_ch, init, self.dtype, algorithm=self.conv_algorithm)(resample(x, up=True))
     return conv3x3(out_ch, init, self.dtype, stride=2)(x)
 
 
@@ -202,6 +209,7 @@ class ResBlock(nn.Module):
   init_scale: float = 0.0
   kernel_init: Init = ddpm_init
   norm_groups: int | None = None  # None: `group_norm`'s rule
+  conv_algorithm: str = 'xla'  # `winograd.ALGORITHMS`
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -213,13 +221,13 @@ class ResBlock(nn.Module):
     h = nn.swish(group_norm(in_ch, self.dtype, self.norm_groups)(x))
     if self.up or self.down:
       h, x = (resample(y, self.up, self.fir, self.fir_kernel) for y in (h, x))
-    h = conv3x3(out_ch, self.kernel_init(1.0), self.dtype)(h)
+    h = conv3x3(out_ch, self.kernel_init(1.0), self.dtype, algorithm=self.conv_algorithm)(h)
     if temb is not None:
       bias = nn.Dense(out_ch, kernel_init=self.kernel_init(1.0), dtype=self.dtype)(nn.swish(temb))
       h = h + bias[:, None, None, :]
     h = nn.swish(group_norm(out_ch, self.dtype, self.norm_groups)(h))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
-    h = conv3x3(out_ch, self.kernel_init(self.init_scale), self.dtype)(h)
+    h = conv3x3(out_ch, self.kernel_init(self.init_scale), self.dtype, algorithm=self.conv_algorithm)(h)
     if in_ch != out_ch or (self.kind == 'biggan' and (self.up or self.down)):
       shortcut_scale = 0.1 if self.kind == 'ddpm' else 1.0
       x = nn.Dense(out_ch, kernel_init=self.kernel_init(shortcut_scale), dtype=self.dtype)(x)

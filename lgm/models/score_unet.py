@@ -28,6 +28,10 @@ Conditioning hooks beyond time, all off by default (then no parameter exists for
 `space_to_depth` = s > 1 folds s x s pixel blocks into channels before the first convolution and
 unfolds the output, so a CPU-sized model runs its convolutions at 1/s resolution. Note that
 `attn_resolutions` are feature-map sizes, i.e. image size / s at the top level.
+
+`conv_algorithm` picks how the 3x3 stride-1 convolutions are computed, not what they compute: 'xla' (XLA's
+convolution), 'winograd' (F(2x2, 3x3) on maps of 16x16 and more, float32; `lgm.models.winograd`) or 'auto'
+(Winograd on the CPU backend, XLA's elsewhere). The parameters are the same under all three.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lgm.models import layers
+from lgm.models import layers, winograd
 
 Dtype = Any
 
@@ -84,6 +88,7 @@ _CHOICES = {
     'progressive_input': ('none', 'input_skip', 'residual'),
     'progressive_combine': ('sum', 'cat'),
     'embedding_type': ('fourier', 'positional'),
+    'conv_algorithm': winograd.ALGORITHMS,
 }
 
 
@@ -122,6 +127,7 @@ class NCSNpp(nn.Module):
   vector_dim: int = 0
   context_dim: int = 0
   num_heads: int = 1
+  conv_algorithm: str = 'xla'  # 3x3 convolutions: 'xla', 'winograd' or 'auto' (`lgm.models.winograd`)
   dtype: Dtype = jnp.float32
 
   def _check(self, labels, vector, context) -> None:
@@ -163,10 +169,12 @@ class NCSNpp(nn.Module):
     kv = dict(context=context, context_mask=context_mask)
     block = functools.partial(layers.ResBlock, kind=self.resblock_type, dropout=self.dropout, fir=self.fir,
                               fir_kernel=tuple(self.fir_kernel), skip_rescale=self.skip_rescale,
-                              init_scale=self.init_scale, dtype=dtype)
+                              init_scale=self.init_scale, conv_algorithm=self.conv_algorithm, dtype=dtype)
     attention = functools.partial(layers.AttnBlock, num_heads=self.num_heads, skip_rescale=self.skip_rescale,
                                   init_scale=self.init_scale, dtype=dtype)
-    resample = functools.partial(layers.Resample, fir=self.fir, fir_kernel=tuple(self.fir_kernel), dtype=dtype)
+    resample = functools.partial(layers.Resample, fir=self.fir, fir_kernel=tuple(self.fir_kernel),
+                                 conv_algorithm=self.conv_algorithm, dtype=dtype)
+    head = functools.partial(layers.norm_act_conv, dtype=dtype, algorithm=self.conv_algorithm)
     biggan = self.resblock_type == 'biggan'
 
     x = layers.space_to_depth(x, self.space_to_depth).astype(dtype)
@@ -174,7 +182,7 @@ class NCSNpp(nn.Module):
     input_pyramid = x
 
     # Encoder: residual blocks per resolution, then a downsampling step (all kept for the skips).
-    hs = [layers.conv3x3(nf, layers.ddpm_init(), dtype)(x)]
+    hs = [layers.conv3x3(nf, layers.ddpm_init(), dtype, algorithm=self.conv_algorithm)(x)]
     for level, mult in enumerate(self.ch_mult):
       for _ in range(self.num_res_blocks):
         h = block(nf * mult)(hs[-1], temb, train)
@@ -207,11 +215,11 @@ class NCSNpp(nn.Module):
       if h.shape[1] in self.attn_resolutions:
         h = attention()(h, **kv)
       if self.progressive == 'output_skip':
-        image = layers.norm_act_conv(h, out_ch, layers.ddpm_init(self.init_scale), dtype)
+        image = head(h, out_ch, layers.ddpm_init(self.init_scale))
         pyramid = image if pyramid is None else resample(up=True, with_conv=False)(pyramid) + image
       elif self.progressive == 'residual':
         if pyramid is None:  # lowest resolution: start the stream
-          pyramid = layers.norm_act_conv(h, h.shape[-1], layers.ddpm_init(), dtype)
+          pyramid = head(h, h.shape[-1], layers.ddpm_init())
         else:
           pyramid = resample(up=True, with_conv=True, out_ch=h.shape[-1])(pyramid)
           h = pyramid = layers.skip_sum(pyramid, h, self.skip_rescale)
@@ -221,7 +229,7 @@ class NCSNpp(nn.Module):
     if self.progressive == 'output_skip':
       h = pyramid
     else:
-      h = layers.norm_act_conv(h, out_ch, layers.ddpm_init(self.init_scale), dtype)
+      h = head(h, out_ch, layers.ddpm_init(self.init_scale))
     h = layers.depth_to_space(h.astype(jnp.float32), self.space_to_depth)
     if self.scale_by_sigma:
       h = h / time_cond.reshape(-1, 1, 1, 1)
