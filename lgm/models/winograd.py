@@ -45,39 +45,53 @@ def _combine(matrix: np.ndarray, terms: Sequence[jnp.ndarray]) -> list[jnp.ndarr
   return rows
 
 
-def _winograd_forward(x: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
-  n, h, wd, _ = x.shape
+def _input_tiles(x: jnp.ndarray) -> list[list[jnp.ndarray]]:
+  """V = B^T d B for every 4x4 tile d of the zero-padded input (stride 2): v[p][q] is (N, H/2, W/2, C)."""
+  h, wd = x.shape[1:3]
   xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
   rows = _combine(_BT, [xp[:, a:a + h:2] for a in range(4)])  # B^T along H: 4 x (N, H/2, W+2, C)
-  v = [_combine(_BT, [r[:, :, b:b + wd:2] for b in range(4)]) for r in rows]  # v[p][q]: (N, H/2, W/2, C)
+  return [_combine(_BT, [r[:, :, b:b + wd:2] for b in range(4)]) for r in rows]
+
+
+def _winograd(x: jnp.ndarray, w: jnp.ndarray) -> tuple[jnp.ndarray, list[list[jnp.ndarray]]]:
+  """The convolution and the transformed input tiles it multiplied (the kernel gradient's operand)."""
+  n, h, wd, _ = x.shape
+  v = _input_tiles(x)
   gw = _combine(_G, [w[i] for i in range(3)])  # G along the kernel's rows: 4 x (3, C, D)
   u = [_combine(_G, [g[j] for j in range(3)]) for g in gw]  # u[p][q]: (C, D)
   m = [[v[p][q] @ u[p][q] for q in range(4)] for p in range(4)]
   half = [_combine(_AT, m[p]) for p in range(4)]  # A^T along W: half[p][s]
   y = [_combine(_AT, [half[p][s] for p in range(4)]) for s in range(2)]  # A^T along H: y[s][r]
   y = jnp.stack([jnp.stack([y[s][r] for s in range(2)], axis=3) for r in range(2)], axis=2)  # N,H/2,2,W/2,2,D
-  return y.reshape(n, h, wd, w.shape[-1])
-
-
-def _direct(x: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
-  return jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return y.reshape(n, h, wd, w.shape[-1]), v
 
 
 @jax.custom_vjp
 def winograd_conv3x3(x: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
   """The 'SAME', stride-1 3x3 convolution (cross-correlation, as `lax.conv_general_dilated`) of NHWC `x` (H and
   W even) with the HWIO kernel `w`, by Winograd F(2x2, 3x3)."""
-  return _winograd_forward(x, w)
+  return _winograd(x, w)[0]
 
 
 def _forward(x, w):
-  return _winograd_forward(x, w), (x, w)
+  y, v = _winograd(x, w)
+  return y, (v, w)
 
 
 def _backward(residuals, dy):
-  x, w = residuals
-  dx = _winograd_forward(dy, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2))
-  dw = jax.vjp(lambda k: _direct(x, k), w)[1](dy)[0]
+  """dx: the Winograd convolution of dy with the kernel rotated by 180 degrees and its channels swapped.
+  dw: in the Winograd domain, dU[p][q] = V[p][q]^T dM[p][q] with dM = A dY A^T per output tile, then
+  dw = G^T dU G; V is kept from the forward pass (4x the input's memory), since recomputing it in the same
+  program as its 16 matmuls made them twice as slow on XLA:CPU."""
+  v, w = residuals
+  c, d = w.shape[2:]
+  dx = _winograd(dy, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2))[0]
+  tiles = [[dy[:, r::2, s::2] for s in range(2)] for r in range(2)]  # dY[r][s]: (N, H/2, W/2, D)
+  half = [_combine(_AT.T, [tiles[0][s], tiles[1][s]]) for s in range(2)]  # A along H: half[s][p]
+  dm = [_combine(_AT.T, [half[0][p], half[1][p]]) for p in range(4)]  # A along W: dm[p][q]
+  du = [[v[p][q].reshape(-1, c).T @ dm[p][q].reshape(-1, d) for q in range(4)] for p in range(4)]
+  half_w = [_combine(_G.T, [du[p][q] for p in range(4)]) for q in range(4)]  # G^T along p: half_w[q][i]
+  dw = jnp.stack([jnp.stack(_combine(_G.T, [half_w[q][i] for q in range(4)])) for i in range(3)])  # (3, 3, C, D)
   return dx, dw
 
 
