@@ -30,7 +30,7 @@ unfolds the output, so a CPU-sized model runs its convolutions at 1/s resolution
 `attn_resolutions` are feature-map sizes, i.e. image size / s at the top level.
 
 `conv_algorithm` picks how the 3x3 stride-1 convolutions are computed, not what they compute: 'xla' (XLA's
-convolution), 'winograd' (F(2x2, 3x3) on maps of 16x16 and more, float32; `lgm.models.winograd`) or 'auto'
+convolution), 'winograd' (F(2x2, 3x3) where it pays: `lgm.models.winograd.applies`; float32) or 'auto'
 (Winograd on the CPU backend, XLA's elsewhere). The parameters are the same under all three.
 """
 

@@ -24,7 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 
 ALGORITHMS = ('xla', 'winograd', 'auto')
-_MIN_SIZE = 16  # below 16x16 maps the tile transforms cost what the saved multiplications gain (measured)
+# Below these the 16 small matmuls and the tile transforms cost about what the saved multiplications gain, or more
+# (measured alone on 2 CPU cores: level at 128 tiles of 256 channels, 1.5x slower at 32 tiles, slower with 4
+# channels; in the t2i job's latent model, 256 and 1,024 tiles of 48-192 channels, the step was no faster).
+_MIN_TILES = 256  # N * H * W / 4
+_MIN_CHANNELS = 16
 
 _BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])  # input tile transform
 _G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]])  # kernel transform
@@ -112,7 +116,7 @@ def applies(x_shape: Sequence[int], w_shape: Sequence[int], dtype: Any, strides:
                                                                'batch_group_count'))
   return (layout and tuple(w_shape[:2]) == (3, 3) and tuple(strides) == (1, 1) and same and plain
           and jnp.dtype(dtype) == jnp.float32 and x_shape[1] % 2 == 0 and x_shape[2] % 2 == 0
-          and min(x_shape[1:3]) >= _MIN_SIZE)
+          and x_shape[0] * x_shape[1] * x_shape[2] // 4 >= _MIN_TILES and min(w_shape[2:]) >= _MIN_CHANNELS)
 
 
 def conv_general_dilated(algorithm: str):
