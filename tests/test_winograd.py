@@ -22,8 +22,7 @@ def test_matches_a_direct_convolution_and_its_gradients(shape, features):
   x = jax.random.normal(kx, shape)
   w = jax.random.normal(kw, (3, 3, shape[-1], features)) / 3
   g = jax.random.normal(kg, (*shape[:3], features))  # the output's cotangent
-  y, vjp = jax.vjp(winograd.winograd_conv3x3, x, w)
-  dx, dw = vjp(g)
+  y, (dx, dw) = jax.jit(lambda x, w, g: (lambda y, vjp: (y, vjp(g)))(*jax.vjp(winograd.winograd_conv3x3, x, w)))(x, w, g)
   np.testing.assert_allclose(y, direct_conv(x, w), rtol=0, atol=2e-5 * np.abs(y).max())
   # d<g, conv(x, w)>/dx and /dw by float64 finite sums: conv is linear in each argument, so the gradient
   # is the transposed convolution; checked through the identity <g, conv(x, w)> = <dx, x> = <dw, w>.
@@ -39,14 +38,14 @@ def test_matches_a_direct_convolution_and_its_gradients(shape, features):
 
 def test_applies_only_where_it_computes_the_same_thing():
   nhwc = ('NHWC', 'HWIO', 'NHWC')
-  ok = dict(x_shape=(2, 16, 16, 16), w_shape=(3, 3, 16, 16), dtype=jnp.float32, strides=(1, 1), padding='SAME',
+  ok = dict(x_shape=(4, 16, 16, 16), w_shape=(3, 3, 16, 16), dtype=jnp.float32, strides=(1, 1), padding='SAME',
             dimension_numbers=nhwc)
   assert winograd.applies(**ok)
   assert winograd.applies(**{**ok, 'padding': ((1, 1), (1, 1))})
-  assert winograd.applies(**{**ok, 'x_shape': (32, 4, 4, 16)})  # 128 tiles of 2x2 outputs
-  for change in ({'strides': (2, 2)}, {'padding': 'VALID'}, {'x_shape': (2, 8, 8, 16)}, {'x_shape': (2, 17, 16, 16)},
+  assert winograd.applies(**{**ok, 'x_shape': (64, 4, 4, 16)})  # 256 tiles of 2x2 outputs
+  for change in ({'strides': (2, 2)}, {'padding': 'VALID'}, {'x_shape': (4, 8, 8, 16)}, {'x_shape': (4, 17, 16, 16)},
                  {'w_shape': (1, 1, 16, 16)}, {'w_shape': (3, 3, 16, 4)}, {'dtype': jnp.bfloat16},
-                 {'x_shape': (2, 16, 16, 16), 'dimension_numbers': ('NCHW', 'OIHW', 'NCHW')}):
+                 {'x_shape': (4, 16, 16, 16), 'dimension_numbers': ('NCHW', 'OIHW', 'NCHW')}):
     assert not winograd.applies(**{**ok, **change}), change
   assert not winograd.applies(**ok, rhs_dilation=(2, 2))
   assert not winograd.applies(**ok, feature_group_count=2)
@@ -57,9 +56,9 @@ def test_applies_only_where_it_computes_the_same_thing():
 def test_the_score_unet_is_the_same_function_under_every_algorithm():
   """Same parameter tree (checkpoints move between algorithms), outputs and gradients within float32 rounding;
   'auto' is Winograd on this (CPU) backend."""
-  x = jax.random.normal(jax.random.PRNGKey(1), (2, 16, 16, 3))
-  t = jnp.array([0.3, 0.7])
-  nets = {a: score_unet.DDPM(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0,
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 16, 16, 3))  # 256 tiles: Winograd applies
+  t = jnp.array([0.3, 0.7, 0.1, 0.9])
+  nets = {a: score_unet.DDPM(nf=16, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), dropout=0.0,
                              conv_algorithm=a) for a in winograd.ALGORITHMS}
   params = jax.jit(nets['xla'].init)(jax.random.PRNGKey(0), x, t)
   for algorithm, net in nets.items():
