@@ -7,12 +7,11 @@ and the tile transforms are additions only. The kernel parameter stays the 3x3 H
 not depend on the algorithm.
 
 Why: on XLA:CPU a 3x3 convolution runs at about the machine's matmul rate, so fewer multiplications are the
-one way left to make it faster (measured in docs/results.md, "Against PyTorch, side by side"). The input
-gradient is the same Winograd convolution of the output gradient with the kernel rotated by 180 degrees
-and its channels swapped; the kernel gradient stays XLA's own (a Winograd kernel gradient has 16
-matmuls that contract over the tiles, slower there than XLA's convolution). Float32 rounding differs from a
-direct convolution by about 1e-6 relative (tests/test_winograd.py); on accelerators the vendor libraries
-choose their own algorithms, hence `conv_algorithm='auto'`: Winograd on CPU only.
+one way left to make it faster (measured in docs/results.md, "Against PyTorch, side by side"). Both gradients
+stay in the Winograd domain (`_backward`). Float32 rounding differs from a direct convolution by about 1e-6
+relative (tests/test_winograd.py); on accelerators the vendor libraries choose their own algorithms, hence
+`conv_algorithm='auto'`: Winograd on CPU only. A `precision` argument is not honoured (float32 matmuls at
+XLA:CPU's one precision).
 """
 
 from __future__ import annotations
