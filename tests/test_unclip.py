@@ -105,13 +105,17 @@ def test_decoder_guidance_one_is_the_conditional_model_and_zero_the_unconditiona
   unconditional = task.keep_only(conditioning, jnp.zeros((4,), bool))
   x = jnp.asarray(rng.normal(size=(4, *task.data_shape)), jnp.float32)
   t = jnp.asarray([0.1, 0.4, 0.6, 0.9])
-  guided = task.guided_score_fn(params, conditioning, unconditional, jnp.float32(1.0))(x, t)
-  conditional = task.score_fn(params, **conditioning)(x, t)
+
+  @jax.jit  # one program for the four network evaluations (op by op they take half a minute)
+  def scores(params, conditioning, unconditional, x, t):
+    return (task.guided_score_fn(params, conditioning, unconditional, jnp.float32(1.0))(x, t),
+            task.guided_score_fn(params, conditioning, unconditional, jnp.float32(0.0))(x, t),
+            task.score_fn(params, **conditioning)(x, t), task.score_fn(params, **unconditional)(x, t))
+
+  guided, unguided, conditional, unconditional_score = scores(params, conditioning, unconditional, x, t)
   np.testing.assert_allclose(guided, conditional, rtol=1e-5, atol=1e-5)
   # Guidance 0 is the unconditional network inside the guidance interval ((0, 0.7) T), the conditional one above.
   assert task.guidance_interval == (0.0, 0.7)
-  unguided = task.guided_score_fn(params, conditioning, unconditional, jnp.float32(0.0))(x, t)
-  expected = np.where((np.asarray(t) <= 0.7)[:, None, None, None], task.score_fn(params, **unconditional)(x, t),
-                      conditional)
+  expected = np.where((np.asarray(t) <= 0.7)[:, None, None, None], unconditional_score, conditional)
   np.testing.assert_allclose(unguided, expected, rtol=1e-5, atol=1e-5)
   assert not np.allclose(conditional[:3], unguided[:3], atol=1e-4)  # the condition reaches the network
