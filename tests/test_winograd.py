@@ -24,8 +24,8 @@ def test_matches_a_direct_convolution_and_its_gradients(shape, features):
   g = jax.random.normal(kg, (*shape[:3], features))  # the output's cotangent
   y, (dx, dw) = jax.jit(lambda x, w, g: (lambda y, vjp: (y, vjp(g)))(*jax.vjp(winograd.winograd_conv3x3, x, w)))(x, w, g)
   np.testing.assert_allclose(y, direct_conv(x, w), rtol=0, atol=2e-5 * np.abs(y).max())
-  # d<g, conv(x, w)>/dx and /dw by float64 finite sums: conv is linear in each argument, so the gradient
-  # is the transposed convolution; checked through the identity <g, conv(x, w)> = <dx, x> = <dw, w>.
+  # conv is linear in each argument, so the gradients of <g, conv(x, w)> satisfy <dx, x> = <dw, w> = <g, conv(x, w)>,
+  # the right side computed in float64 by the direct convolution.
   inner = float(np.sum(np.asarray(g, np.float64) * direct_conv(x, w)))
   np.testing.assert_allclose(float(np.sum(np.asarray(dx, np.float64) * np.asarray(x, np.float64))), inner, rtol=1e-5)
   np.testing.assert_allclose(float(np.sum(np.asarray(dw, np.float64) * np.asarray(w, np.float64))), inner, rtol=1e-5)
