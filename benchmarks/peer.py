@@ -8,12 +8,15 @@ python -m benchmarks.peer --model=t2i --t2i_workdir=runs/t2i_shapes --batch=64
 (the same blocks, channels, attention at 16x16 and mid-block; 35,746,307 parameters: diffusers' attention
 has biases and its time embedding one more layer).
 `--model=t2i`: the latent score model of a trained text-to-image job (its `score` stage config, on its VAE's
-8x8x4 latents, cross-attending to its CLIP text tower's 24 token features of width 128; lgm's step also runs
-that frozen text tower). PyTorch: diffusers' `UNet2DConditionModel` at the same widths (48, 96), one resnet
-per level, cross-attention at both levels and in the middle, context width 128: 2.45M parameters against
-lgm's 1.89M (diffusers' transformer blocks add a feed-forward layer), so each line also gives the step's
-FLOPs as each side counts them (lgm: XLA's count of the program; PyTorch: `FlopCounterMode`).
-Random weights (lgm's text tower: the job's), synthetic batches: speed only.
+8x8x4 latents, cross-attending to its CLIP text tower's 24 token features of width 128). PyTorch: diffusers'
+`UNet2DConditionModel` at the same widths (48, 96), one resnet per level, cross-attention at both levels and
+in the middle, context width 128: 2.45M parameters against lgm's 1.89M (diffusers' transformer blocks add a
+feed-forward layer), so each line also gives the step's FLOPs as each side counts them (lgm: XLA's count of
+the program; PyTorch: `FlopCounterMode`). Both train steps run the frozen text tower on the batch's captions,
+as the job (and Stable Diffusion's training) does: lgm the job's, PyTorch transformers' `CLIPTextModel` at its
+sizes (width 128, 3 layers, 4 heads, 24 tokens); the forward takes text features computed beforehand.
+Random weights (lgm's text tower: the job's), synthetic batches: speed only. lgm compiles with its
+per-backend XLA options (`lgm.xla`), as its trainer and samplers do.
 
 For each side and dtype (float32; bfloat16 mixed precision: lgm's `train.compute_dtype`, PyTorch's
 `torch.autocast`), one line per measurement:
@@ -36,6 +39,7 @@ from absl import app, flags
 from benchmarks import report
 from benchmarks import train_step as train_step_lib
 from configs.score_sde import cifar10_ddpm
+from lgm import xla
 
 _BATCH = flags.DEFINE_integer('batch', 8, 'Batch size of every measurement.')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps or calls per measurement (the median is reported).')
@@ -81,9 +85,9 @@ def lgm_measurements(model: str, batch: int, steps: int, dtype: str) -> list[dic
   t = jax.random.uniform(jax.random.PRNGKey(2), (batch,), minval=0.01, maxval=1.0)
   if model == 't2i':  # the network under the guidance: text features computed once per prompt batch
     condition = task.text_conditioning(params, task.tokenize(['a large red circle in the top left'] * batch))
-    forward = jax.jit(lambda params, x, t: task.score_fn(params, **condition)(x, t))
+    forward = xla.jit(lambda params, x, t: task.score_fn(params, **condition)(x, t))
   else:
-    forward = jax.jit(lambda params, x, t: task.score_fn(params)(x, t))
+    forward = xla.jit(lambda params, x, t: task.score_fn(params)(x, t))
   common = {'side': 'lgm', 'model': model, 'params': train['params'], 'dtype': dtype, 'batch': batch}
   return [{**common, 'what': 'train_step', 'ms': train['step_ms'], 'gflop': train['step_gflop'],
            'fraction_of_matmul_peak': train['fraction_of_peak']},
@@ -109,8 +113,24 @@ def torch_t2i():
       cross_attention_dim=128, attention_head_dim=4, norm_num_groups=16)
 
 
+def torch_text_encoder(text):
+  """transformers' CLIPTextModel at the sizes of the job's frozen text tower (`text`, lgm's CLIP module)."""
+  from transformers import CLIPTextConfig, CLIPTextModel
+  return CLIPTextModel(CLIPTextConfig(
+      vocab_size=text.vocab_size, hidden_size=text.text_width, num_hidden_layers=text.text_layers,
+      num_attention_heads=text.text_heads, intermediate_size=int(text.mlp_ratio * text.text_width),
+      max_position_embeddings=text.context_length, hidden_act='gelu_pytorch_tanh')).eval().requires_grad_(False)
+
+
+def lgm_text_tower():
+  """The t2i job's frozen text tower: lgm's CLIP module, whose sizes the PyTorch side copies."""
+  from lgm import stages
+  config = lgm_config('t2i', 1, 'float32')
+  return stages.build_task(config, os.path.join(_T2I_WORKDIR.value, 'score')).clip.task.model
+
+
 def torch_measurements(model_name: str, batch: int, steps: int, dtype: str, channels_last: bool,
-                       compiled: bool) -> list[dict]:
+                       compiled: bool, text=None) -> list[dict]:
   import torch
   torch.manual_seed(0)
   model = torch_ddpm() if model_name == 'ddpm' else torch_t2i()
@@ -126,16 +146,28 @@ def torch_measurements(model_name: str, batch: int, steps: int, dtype: str, chan
   alphas = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000), 0)
   shape = (batch, 3, 32, 32) if model_name == 'ddpm' else (batch, 4, 8, 8)
   x0 = torch.randn(*shape).to(memory_format=memory_format)
-  context = {} if model_name == 'ddpm' else {'encoder_hidden_states': torch.randn(batch, 24, 128)}
   bf16 = dtype == 'bfloat16'
   network = torch.compile(model) if compiled else model
+  encoder = None
+  if model_name == 't2i':
+    encoder = torch_text_encoder(text)
+    encoder = torch.compile(encoder) if compiled else encoder
+    tokens = torch.randint(0, text.vocab_size, (batch, text.context_length))
+
+  def conditioning():  # the frozen text tower, run in every train step as lgm's (and Stable Diffusion's)
+    if encoder is None:
+      return {}
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
+      return {'encoder_hidden_states': encoder(tokens).last_hidden_state}
+
+  context = conditioning()  # sampling: text features computed once per prompt batch, as lgm's
 
   def train_step():
     t = torch.randint(0, 1000, (batch,))
     noise = torch.randn_like(x0)
     a = alphas[t].view(-1, 1, 1, 1)
     with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
-      prediction = network(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, **context).sample
+      prediction = network(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, **conditioning()).sample
     loss = torch.nn.functional.mse_loss(prediction.float(), noise)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -172,13 +204,14 @@ def main(argv):
   batch, steps = _BATCH.value, _STEPS.value
   device = jax.devices()[0].device_kind
   records = []
+  text = lgm_text_tower() if _MODEL.value == 't2i' else None
   for dtype in ('float32', 'bfloat16'):
     for record in lgm_measurements(_MODEL.value, batch, steps, dtype):
       records.append(record)
       report({**record, 'device': device}, _OUT.value)
     variants = [(False, False), (True, False)] + ([(False, True)] if _COMPILE.value else [])
     for channels_last, compiled in variants:  # (compiling takes minutes on CPU: once per dtype)
-      for record in torch_measurements(_MODEL.value, batch, steps, dtype, channels_last, compiled):
+      for record in torch_measurements(_MODEL.value, batch, steps, dtype, channels_last, compiled, text):
         records.append(record)
         report({**record, 'device': device}, _OUT.value)
   ratios = {}

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lgm import batching, evaluation, files, stages
+from lgm import batching, evaluation, files, stages, xla
 from lgm import images as image_lib
 from lgm.data import loader as loader_lib
 from lgm.pipeline import SCORE_STAGE, SIGNATURE_STAGE, TextToImage
@@ -146,7 +146,7 @@ def confusion_counts(read: dict[str, np.ndarray], asked: dict[str, np.ndarray],
 
 def _reconstruct(task, images: np.ndarray, batch_size: int = 250) -> np.ndarray:
   """Images through the VAE of a text-to-image task: encode, decode (what generation can at best give)."""
-  roundtrip = jax.jit(lambda params, x: jnp.clip(task.to_images(task.to_data(x)), -1.0, 1.0))
+  roundtrip = xla.jit(lambda params, x: jnp.clip(task.to_images(task.to_data(x)), -1.0, 1.0))
   return batching.map_in_batches(roundtrip, None, images, batch_size)
 
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lgm import batching
+from lgm import batching, xla
 from lgm.models import build_model
 from lgm.tasks.base import Task
 
@@ -76,4 +76,4 @@ class AttributeTask(Task):
 
 def read_attributes(task: AttributeTask, params: PyTree, images: np.ndarray, batch_size: int = 250) -> dict[str, np.ndarray]:
   """Predicted attribute indices of many images (numpy), in fixed-size batches."""
-  return batching.map_in_batches(jax.jit(task.predict), params, images, batch_size)
+  return batching.map_in_batches(xla.jit(task.predict), params, images, batch_size)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from lgm import losses
+from lgm import losses, xla
 from lgm.models import autoencoder, build_model
 from lgm.tasks.base import Task
 
@@ -42,14 +42,14 @@ class AutoencoderTask(Task):
     self.num_dims = size * size * channels
 
   # --- the semantic-space API -------------------------------------------------------------------
-  @functools.partial(jax.jit, static_argnums=0)
+  @functools.partial(xla.jit, static_argnums=0)
   def encode(self, params: PyTree, images: jax.Array) -> jax.Array:
     """Images in [-1, 1] -> latents (the posterior mean for a VAE)."""
     if self.is_variational:
       return self.model.apply({'params': params}, images, method=autoencoder.VAE.posterior)[0]
     return self.model.apply({'params': params}, images, method=autoencoder.Autoencoder.encode)
 
-  @functools.partial(jax.jit, static_argnums=0)
+  @functools.partial(xla.jit, static_argnums=0)
   def decode(self, params: PyTree, latents: jax.Array) -> jax.Array:
     """Latents -> images in [-1, 1] model space (the decoder's mean)."""
     return self.model.apply({'params': params}, latents, method=autoencoder.Autoencoder.decode)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lgm import batching, evaluation, losses
+from lgm import batching, evaluation, losses, xla
 from lgm import tokenizer as tokenizer_lib
 from lgm.models import build_model
 from lgm.models.clip import CLIP
@@ -64,7 +64,7 @@ class ClipTask(TextConditioned):
     self.prompts = evaluation.prompt_table(config.data.dataset)
 
   # --- the text-image space ------------------------------------------------------------------------
-  @functools.partial(jax.jit, static_argnums=0)
+  @functools.partial(xla.jit, static_argnums=0)
   def encode_tokens(self, params: PyTree, tokens: jax.Array) -> dict[str, jax.Array]:
     """Normalised 'embedding' (batch, embed_dim), per-token features 'tokens' and their 'mask'."""
     return self.model.apply({'params': params}, tokens, method=CLIP.encode_text)
@@ -73,7 +73,7 @@ class ClipTask(TextConditioned):
     """What the image tower reads: the images, or their VAE latents (posterior means)."""
     return images if self.vae is None else self.vae.task.encode(self.vae.params, images)
 
-  @functools.partial(jax.jit, static_argnums=0)
+  @functools.partial(xla.jit, static_argnums=0)
   def encode_images(self, params: PyTree, images: jax.Array) -> jax.Array:
     """Images in [-1, 1] -> normalised embeddings (batch, embed_dim)."""
     return self.model.apply({'params': params}, self.tower_input(images), method=CLIP.encode_image)['embedding']

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lgm import xla
 from lgm.models.clip import CLIP
 from lgm.tasks.base import Trained
 from lgm.tasks.conditional import Conditioning, LatentScoreTask
@@ -69,7 +70,7 @@ class EmbeddingDecoderTask(LatentScoreTask):
     return self.embedding_conditioning(params, self.image_embeddings(batch['image']))
 
   # --- generation -------------------------------------------------------------------------------------------
-  @functools.partial(jax.jit, static_argnums=0, static_argnames=('options',))
+  @functools.partial(xla.jit, static_argnums=0, static_argnames=('options',))
   def sample_images(self, params: PyTree, noise: jax.Array, embeddings: jax.Array, guidance: jax.Array | None,
                     rng: jax.Array, options=()):
     """Images in [-1, 1] (and nfe) from prior `noise` (batch, *data_shape) decoding unit-norm `embeddings`

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from lgm import xla
 from lgm.models.clip import CLIP, l2_normalize
 from lgm.tasks.base import Trained
 from lgm.tasks.conditional import ClipText, GuidedScoreTask
@@ -75,7 +76,7 @@ class PriorTask(ClipText, GuidedScoreTask):
             'cosine_text': jnp.sum(text * target, axis=-1).mean()}
 
   # --- generation -------------------------------------------------------------------------------------------
-  @functools.partial(jax.jit, static_argnums=0, static_argnames=('options',))
+  @functools.partial(xla.jit, static_argnums=0, static_argnames=('options',))
   def sample_embeddings(self, params: PyTree, noise: jax.Array, tokens: jax.Array, negative_tokens: jax.Array,
                         use_text: jax.Array, guidance: jax.Array | None, rng: jax.Array, options=()):
     """Unit-norm image embeddings (and nfe) from prior `noise` (batch, embed_dim) for `tokens`, guided as

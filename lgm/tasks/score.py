@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from lgm import likelihood, losses, sampling
+from lgm import likelihood, losses, sampling, xla
 from lgm import sde as sde_lib
 from lgm.models import build_model
 from lgm.tasks.base import Task
@@ -141,7 +141,7 @@ class ScoreTask(Task):
       metrics.update(bpd=bpd.mean(), bpd_nfe=nfe.astype(jnp.float32))
     return metrics
 
-  @functools.partial(jax.jit, static_argnums=(0, 3), static_argnames=('options',))
+  @functools.partial(xla.jit, static_argnums=(0, 3), static_argnames=('options',))
   def _sample(self, params, rng, num, options=()):
     x, nfe = sampling.sample(rng, self.sde, self.score_fn(params), (num, *self.data_shape),
                              **{**self.sampling, **dict(options)})

@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from lgm import distortions, losses
+from lgm import distortions, losses, xla
 from lgm.models import autoencoder, build_model
 from lgm.models import extractor as extractor_lib
 from lgm.tasks.base import Task, Trained
@@ -112,7 +112,7 @@ class SignatureTask(Task):
     """The VAE stage as a generator uses it, decoding with the signed decoder."""
     return Trained(config=self.vae.config, task=self.vae.task, params=self.signed_params(params), step=self.vae.step)
 
-  @functools.partial(jax.jit, static_argnums=0)
+  @functools.partial(xla.jit, static_argnums=0)
   def extract(self, params: PyTree, images: jax.Array) -> jax.Array:
     """(B, bits) logits of the extractor."""
     return self.extractor.apply({'params': params['extractor']}, images)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lgm import sampling
+from lgm import sampling, xla
 from lgm.models.clip import CLIP
 from lgm.tasks.base import Trained
 from lgm.tasks.conditional import ClipText, LatentScoreTask
@@ -56,7 +56,7 @@ class TextToImageTask(ClipText, LatentScoreTask):
     return params
 
   # --- generation -------------------------------------------------------------------------------------------
-  @functools.partial(jax.jit, static_argnums=0, static_argnames=('options',))
+  @functools.partial(xla.jit, static_argnums=0, static_argnames=('options',))
   def sample_images(self, params: PyTree, noise: jax.Array, tokens: jax.Array, negative_tokens: jax.Array,
                     use_text: jax.Array, guidance: jax.Array, rng: jax.Array, known: tuple | None = None,
                     options=()):

@@ -11,6 +11,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
+from lgm import xla
 from lgm.train import mesh as mesh_lib
 
 PyTree = Any
@@ -71,7 +72,7 @@ def create_train_state(init_params: Callable[[jax.Array], PyTree], tx: optax.Gra
   init = state_initializer(init_params, tx)
   rng = jax.random.PRNGKey(seed)
   shardings = state_shardings(mesh, jax.eval_shape(init, rng))
-  return jax.jit(init, out_shardings=shardings)(rng), shardings
+  return xla.jit(init, out_shardings=shardings)(rng), shardings
 
 
 def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedule: optax.Schedule,
@@ -100,6 +101,6 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedul
     return new_state, metrics
 
   stacked = steps_per_call > 1
-  return jax.jit((lambda state, batches: jax.lax.scan(step, state, batches, unroll=True)) if stacked else step,
+  return xla.jit((lambda state, batches: jax.lax.scan(step, state, batches, unroll=True)) if stacked else step,
                  in_shardings=(shardings, mesh_lib.batch_sharding(mesh, stacked)),
                  out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)

@@ -19,7 +19,7 @@ import tqdm
 from absl import logging
 from jax.experimental import multihost_utils
 
-from lgm import config_checks, stages
+from lgm import config_checks, stages, xla
 from lgm import images as image_lib
 from lgm.data import loader as loader_lib
 from lgm.tasks import Task
@@ -63,7 +63,7 @@ def evaluate(task: Task, params: Any, eval_loader: loader_lib.Loader, mesh, seed
              eval_step=None) -> dict[str, float]:
   """One ordered pass of the eval split (a fixed noise key per batch): the mean of the task's scalar
   metrics, plus `task.summarize` of its per-example outputs concatenated over the whole pass."""
-  eval_step = eval_step or jax.jit(task.evaluate)
+  eval_step = eval_step or xla.jit(task.evaluate)
   base = jax.random.fold_in(jax.random.PRNGKey(seed), EVAL_SEED_SALT)
   totals: dict[str, float] = {}
   per_example: dict[str, list[np.ndarray]] = {}
@@ -162,8 +162,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
                      f'divide; resume with a steps_per_call that divides {start_step}, then change it.')
   train_step = mesh_lib.compile_then_synchronize(state_lib.make_train_step(
       task.loss, tx, schedule, config.train.ema_decay, mesh, shardings, per_call), 'train_step')
-  eval_step = mesh_lib.compile_then_synchronize(jax.jit(task.evaluate), 'eval_step')
-  images_fn = mesh_lib.compile_then_synchronize(jax.jit(task.images), 'images')
+  eval_step = mesh_lib.compile_then_synchronize(xla.jit(task.evaluate), 'eval_step')
+  images_fn = mesh_lib.compile_then_synchronize(xla.jit(task.images), 'images')
   writer = metrics_lib.MetricsWriter(workdir, resume_step=start_step)
   num_steps = config.train.num_steps
   eval_params = (lambda s: s.ema_params) if config.eval.use_ema else (lambda s: s.params)
