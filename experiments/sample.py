@@ -57,6 +57,8 @@ def main(argv):
   source = _WORKDIR.value or _MODEL.value
   if _NUM.value < 1:
     raise ValueError(f'--num must be at least 1, got {_NUM.value}.')
+  if _INIT_IMAGE.value and (_PROMPT.value or _NEGATIVE.value):  # before any model is loaded
+    raise ValueError('--init_image draws variations of the image alone; leave out --prompt and --negative_prompt.')
   flags_given = {name: flag.value for name, flag in (
       ('prompt', _PROMPT), ('negative_prompt', _NEGATIVE), ('guidance', _GUIDANCE), ('sampler', _SAMPLER),
       ('steps', _STEPS)) if flag.value is not None}
@@ -72,8 +74,6 @@ def main(argv):
     raise ValueError(f'--route and --init_image need a text-to-image job; {source} holds a '
                      f'{trained.config.task} model.')
   if pipe is not None and _INIT_IMAGE.value:
-    if _PROMPT.value or _NEGATIVE.value:
-      raise ValueError('--init_image draws variations of the image alone; leave out --prompt and --negative_prompt.')
     samples = pipe.variations(images.read_image(_INIT_IMAGE.value, pipe.image_shape), _NUM.value, seed=_SEED.value,
                               guidance=_GUIDANCE.value, sampler=_SAMPLER.value, steps=_STEPS.value)
     recipe = pipe.recipe('', None, _GUIDANCE.value, seeds, _SAMPLER.value, _STEPS.value, 'prior')

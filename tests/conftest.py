@@ -10,8 +10,9 @@ import time
 # The tests compile hundreds of tiny programs and run each briefly: LLVM's optimisation passes are most of
 # the time, and without them (backend optimisation level 0) the suite takes about half as long. Runs outside
 # the tests (and every measured figure) compile at XLA's default level.
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
-                           ' --xla_backend_optimization_level=0').strip()
+COMPILE_FLAGS = '--xla_backend_optimization_level=0'  # also for the tests' launch.sh processes
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8 '
+                           + COMPILE_FLAGS).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # Identical programs (the same tiny run in-process and in subprocesses) compile once per session.
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='lgm_jax_cache_'))

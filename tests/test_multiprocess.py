@@ -5,7 +5,7 @@ import subprocess
 
 import numpy as np
 
-from conftest import make_tiny_config, tiny_overrides
+from conftest import COMPILE_FLAGS, make_tiny_config, tiny_overrides
 from lgm.train import metrics as metrics_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_two_processes_follow_the_single_process_trajectory(trained_workdir, tmp_path):
   workdir = str(tmp_path / 'procs')
-  env = {**os.environ, 'LGM_LOCAL_DEVICES': '4', 'XLA_FLAGS': ''}
+  env = {**os.environ, 'LGM_LOCAL_DEVICES': '4', 'XLA_FLAGS': COMPILE_FLAGS}  # launch.sh sets the device count
   result = subprocess.run(['./launch.sh', 'procs', '2', 'configs/vae_digits.py', workdir,
                            *tiny_overrides(make_tiny_config())],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -33,7 +33,7 @@ def test_a_busy_work_directory_stops_every_process_of_a_run(tmp_path):
   waiting for process 0 in a collective."""
   from lgm.train import lock as lock_lib
   workdir = str(tmp_path / 'busy')
-  env = {**os.environ, 'LGM_LOCAL_DEVICES': '4', 'XLA_FLAGS': ''}
+  env = {**os.environ, 'LGM_LOCAL_DEVICES': '4', 'XLA_FLAGS': COMPILE_FLAGS}  # launch.sh sets the device count
   with lock_lib.hold(workdir, enabled=True):
     result = subprocess.run(['./launch.sh', 'procs', '2', 'configs/vae_digits.py', workdir,
                              *tiny_overrides(make_tiny_config())],
