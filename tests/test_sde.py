@@ -126,12 +126,13 @@ def test_score_losses_are_minimised_by_the_true_score(loss_name, sde_name, optio
   if options and loss_name != 'dsm':
     pytest.skip('likelihood weighting and time distributions are DSM options')
   sde = SDES[sde_name]
-  true = gaussian_score(sde)
-  if loss_name == 'ddpm':  # DDPM's chain has discrete alphas: its optimal score is that of the chain
-    def true(x, t):
-      a = jnp.sqrt(sde.alphas_cumprod[sde.timestep_index(t)])
-      cov = a[:, None, None] ** 2 * COV + (1 - a[:, None, None] ** 2) * jnp.eye(2)
-      return -jnp.linalg.solve(cov, (x - a[:, None] * MU)[..., None])[..., 0]
+
+  def chain_score(x, t):  # DDPM's chain has discrete alphas: its optimal score is that of the chain
+    a = jnp.sqrt(sde.alphas_cumprod[sde.timestep_index(t)])
+    cov = a[:, None, None] ** 2 * COV + (1 - a[:, None, None] ** 2) * jnp.eye(2)
+    return -jnp.linalg.solve(cov, (x - a[:, None] * MU)[..., None])[..., 0]
+
+  true = chain_score if loss_name == 'ddpm' else gaussian_score(sde)
   direction = lambda x, t: jnp.sin(3 * x[:, ::-1]) + 0.5
   x = MU + jax.random.normal(jax.random.PRNGKey(0), (200_000, 2)) @ np.linalg.cholesky(COV).T
 
