@@ -22,7 +22,13 @@ def test_matches_a_direct_convolution_and_its_gradients(shape, features):
   x = jax.random.normal(kx, shape)
   w = jax.random.normal(kw, (3, 3, shape[-1], features)) / 3
   g = jax.random.normal(kg, (*shape[:3], features))  # the output's cotangent
-  y, (dx, dw) = jax.jit(lambda x, w, g: (lambda y, vjp: (y, vjp(g)))(*jax.vjp(winograd.winograd_conv3x3, x, w)))(x, w, g)
+
+  @jax.jit
+  def output_and_gradients(x, w, g):
+    y, vjp = jax.vjp(winograd.winograd_conv3x3, x, w)
+    return y, vjp(g)
+
+  y, (dx, dw) = output_and_gradients(x, w, g)
   np.testing.assert_allclose(y, direct_conv(x, w), rtol=0, atol=2e-5 * np.abs(y).max())
   # conv is linear in each argument, so the gradients of <g, conv(x, w)> satisfy <dx, x> = <dw, w> = <g, conv(x, w)>,
   # the right side computed in float64 by the direct convolution.
