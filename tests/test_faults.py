@@ -9,6 +9,8 @@ import json
 import os
 import shutil
 import signal
+import threading
+import time
 
 import ml_collections
 import numpy as np
@@ -16,7 +18,7 @@ import pytest
 
 from conftest import (checkpoint_steps, make_tiny_config, set_keys, train_cli, tree_digest, wait_for)
 from experiments import common
-from lgm import config_checks, jobs, reports, stages
+from lgm import config_checks, files, jobs, reports, stages
 from lgm.train import checkpoints as checkpoints_lib
 from lgm.train import lock as lock_lib
 from lgm.train import metrics as metrics_lib
@@ -198,13 +200,27 @@ def test_a_full_disk_while_checkpointing_is_one_line_keeps_what_was_saved_and_le
       raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     return await real(path, text, *args, **kwargs)
 
+  real_rmtree, late = files.rmtree, []
+
+  def write_late(path):  # as tensorstore's other writes of the failed save can, after it was reported
+    time.sleep(0.1)
+    os.makedirs(os.path.join(path, 'state.orbax-checkpoint-tmp', 'd'))
+
+  def rmtree_then_a_late_write(path):
+    real_rmtree(path)
+    if path.endswith('/30.orbax-checkpoint-tmp') and not late:
+      late.append(threading.Thread(target=write_late, args=(path,)))
+      late[0].start()
+
   monkeypatch.setattr(async_path, 'write_text', full_at_step_30)
+  monkeypatch.setattr(files, 'rmtree', rmtree_then_a_late_write)
   workdir = str(tmp_path / 'full')
   with pytest.raises(Exception) as error:
     trainer.train_and_evaluate(make_tiny_config(), workdir)
   message = common.one_line_message(error.value)
   assert message.startswith('No space left on device') and '\n' not in message
   assert checkpoint_steps(workdir) == [10, 20]
+  late[0].join()
   assert not [d for d in os.listdir(os.path.join(workdir, 'checkpoints')) if 'tmp' in d]
   monkeypatch.setattr(async_path, 'write_text', real)  # space freed: the same command goes on
   trainer.train_and_evaluate(make_tiny_config(), workdir)
@@ -212,7 +228,6 @@ def test_a_full_disk_while_checkpointing_is_one_line_keeps_what_was_saved_and_le
 
 
 def test_a_full_disk_while_writing_a_small_file_leaves_neither_it_nor_a_temporary_file(tmp_path, monkeypatch):
-  from lgm import files
   path = str(tmp_path / 'config.json')
   files.write_text(path, 'old')
 

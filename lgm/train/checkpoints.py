@@ -22,6 +22,7 @@ import logging as pylogging
 import os
 import re
 import sys
+import time
 import zlib
 from typing import Any
 
@@ -35,6 +36,7 @@ from lgm import files
 CORRUPT_PREFIX = 'corrupt-'
 _COMMITTED_ON_OBJECT_STORES = 'commit_success.txt'  # orbax's commit marker where it cannot rename
 _DIGEST = re.compile(r'^digest-(\d+)\.json$')
+_SETTLE_SECONDS, _SETTLE_TRIES = 0.5, 20  # how long a failed save's directory must stay clean, how often
 
 
 class CheckpointError(RuntimeError):
@@ -147,10 +149,21 @@ class Checkpoints:
       yield
     except BaseException:
       if jax.process_index() == 0:
-        for name in files.listdir(self.directory):
-          if '.orbax-checkpoint-tmp' in name or (name.isdigit() and not _committed(self.directory, name)):
-            files.rmtree(os.path.join(self.directory, name))
+        self._remove_partial_saves()
       raise
+
+  def _remove_partial_saves(self) -> None:
+    """Removes what failed saves wrote. orbax reports a save's first failed write while tensorstore may still
+    be writing the rest, which re-creates the directory: the removal repeats until the checkpoint directory
+    has stayed clean for _SETTLE_SECONDS."""
+    for _ in range(_SETTLE_TRIES):
+      partial = [name for name in files.listdir(self.directory)
+                 if '.orbax-checkpoint-tmp' in name or (name.isdigit() and not _committed(self.directory, name))]
+      if not partial:
+        return
+      for name in partial:
+        files.rmtree(os.path.join(self.directory, name))
+      time.sleep(_SETTLE_SECONDS)
 
   def close(self) -> None:
     self._manager.close()
