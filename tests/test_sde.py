@@ -148,6 +148,13 @@ def test_score_losses_are_minimised_by_the_true_score(loss_name, sde_name, optio
 
 # --- samplers ------------------------------------------------------------------------------------------
 
+def jit_optimised(fun):
+  """jax.jit at XLA's full optimisation level: for the samplers' hundreds of steps over thousands of samples,
+  where run time, not compile time, dominates (the suite compiles at level 0; 1,000 Euler steps over 16k
+  samples run in 3.0 s instead of 5.4 s)."""
+  return jax.jit(fun, compiler_options={'xla_backend_optimization_level': 3})
+
+
 SAMPLERS = [
     ('pc', 1000, {'predictor': 'euler_maruyama', 'corrector': 'none'}),
     ('pc', 1000, {'predictor': 'reverse_diffusion', 'corrector': 'none'}),
@@ -193,8 +200,8 @@ def test_samplers_match_gaussian_moments(sde_name, method, steps, options):
   # Carlo), so those are judged on 16k samples.
   num = NUM if deterministic else 4 * NUM
   x_start = whitened_prior(sde, num)
-  run = jax.jit(lambda r: sampling.sample(r, sde, gaussian_score(sde), (num, 2), method, steps,
-                                          x_start=x_start, **options))
+  run = jit_optimised(lambda r: sampling.sample(r, sde, gaussian_score(sde), (num, 2), method, steps,
+                                                x_start=x_start, **options))
   x, nfe = run(jax.random.PRNGKey(1))
   mean_err, cov_err = relative_errors(x)
   assert mean_err <= 0.03 and cov_err <= 0.03, (mean_err, cov_err, int(nfe))
@@ -221,7 +228,7 @@ def test_gaussian_mixture_modes_and_weights():
     sde = SDES[name]
     score = mixture_score(sde, means, covs, weights)
     for method, steps in (('pc', 1000), ('dpm_solver', 25), ('edm_heun', 40)):
-      x, _ = jax.jit(lambda r: sampling.sample(r, sde, score, (NUM, 2), method, steps))(jax.random.PRNGKey(2))
+      x, _ = jit_optimised(lambda r: sampling.sample(r, sde, score, (NUM, 2), method, steps))(jax.random.PRNGKey(2))
       x = np.asarray(x)
       right = x[:, 0] > 0
       assert abs(right.mean() - 0.7) < 0.03, (name, method, right.mean())

@@ -74,8 +74,8 @@ def without_signature(config):
 def tiny_job_config():
   """configs/t2i_shapes.py at seconds scale."""
   config = shrink(t2i_shapes.get_config())
-  config.report.prompts = config.report.prompts[:4]
-  config.report.negative_images_per_value = 2
+  config.report.prompts = config.report.prompts[:8]
+  config.report.negative_images_per_value = 8
   return config
 
 

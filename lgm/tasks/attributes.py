@@ -6,6 +6,7 @@ what a generated image shows and compares that with what the prompt asked for.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import jax
@@ -49,6 +50,7 @@ class AttributeTask(Task):
   def logits(self, params: PyTree, images: jax.Array) -> list[jax.Array]:
     return self.model.apply({'params': params}, images)
 
+  @functools.partial(xla.jit, static_argnums=0)
   def predict(self, params: PyTree, images: jax.Array) -> dict[str, jax.Array]:
     """Attribute name -> predicted value index (batch,)."""
     return {name: logits.argmax(-1) for name, logits in zip(self.attributes, self.logits(params, images))}
@@ -76,4 +78,4 @@ class AttributeTask(Task):
 
 def read_attributes(task: AttributeTask, params: PyTree, images: np.ndarray, batch_size: int = 250) -> dict[str, np.ndarray]:
   """Predicted attribute indices of many images (numpy), in fixed-size batches."""
-  return batching.map_in_batches(xla.jit(task.predict), params, images, batch_size)
+  return batching.map_in_batches(task.predict, params, images, batch_size)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lgm import batching, sampling, xla
+from lgm import batching, sampling
 from lgm.models.clip import CLIP
 from lgm.tasks.base import TextConditioned, Trained
 from lgm.tasks.score import ScoreTask
@@ -31,7 +31,7 @@ _ENCODE_BATCH = 250
 
 def encode_in_batches(vae: Trained, images: np.ndarray) -> np.ndarray:
   """Unscaled VAE latents (posterior means) of many images, in fixed-size batches."""
-  return batching.map_in_batches(xla.jit(vae.task.encode), vae.params, images, _ENCODE_BATCH)
+  return batching.map_in_batches(vae.task.encode, vae.params, images, _ENCODE_BATCH)
 
 
 def measure_latent_scale(vae: Trained, images: np.ndarray) -> float:
