@@ -74,7 +74,7 @@ def without_signature(config):
 def tiny_job_config():
   """configs/t2i_shapes.py at seconds scale."""
   config = shrink(t2i_shapes.get_config())
-  config.report.prompts = config.report.prompts[:8]
+  config.report.prompts = config.report.prompts[:8]  # batches of 8, as the negative prompts and their figure
   config.report.negative_images_per_value = 8
   return config
 
@@ -474,7 +474,7 @@ def test_cached_latents_train_exactly_as_the_encoder(job):
 
 def tiny_unclip_config(reuse=''):
   config = without_signature(shrink(t2i_unclip_shapes.get_config(reuse)))
-  config.report.prompts = config.report.prompts[:4]
+  config.report.prompts = config.report.prompts[:8]  # batches of 8, as the variations figure
   config.report.negative_images_per_value = 0
   for name in ('prior', 'decoder'):
     twenty_steps(config[name], eval_examples=16)
@@ -486,7 +486,7 @@ def tiny_unclip_config(reuse=''):
   config.decoder.latent.cache = False
   config.decoder.sampling.num_samples = 4
   config.report.guidances = (3.0,)  # guidance 1 is covered by the main job's report
-  config.report.diversity_prompts = 2
+  config.report.diversity_prompts = 1  # 16 samples: the batch of the 16 report images
   config.report.variations = 16
   return config
 
