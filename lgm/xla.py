@@ -1,13 +1,20 @@
-"""The XLA compiler options lgm compiles its programs with, per backend, and `jit`: jax.jit with them.
+"""The XLA compiler options lgm compiles its programs with, per backend; `jit`: jax.jit with them; and
+`materialize`, which stores a value that XLA would otherwise recompute in each of its consumers.
 
 On the CPU backend XLA hands dots, reductions and convolutions to YNNPACK by default. lgm keeps YNNPACK for
 dots and reductions and leaves convolutions to XLA's own emitter, which is faster at the small feature maps
 of latent models: on 2 CPU cores the t2i job's latent score model trains in ~0.85 of the time and evaluates
 in ~0.7, and the DDPM's train step is unchanged or slightly faster (docs/results.md, "Against PyTorch").
-GPUs and TPUs get no options.
 
-Your own choice wins: with `--xla_cpu_experimental_ynn_fusion_type=...` in XLA_FLAGS lgm adds nothing, and
-LGM_XLA_OPTIONS=0 turns lgm's options off. A jaxlib that does not know an option gets none (one warning).
+XLA's CPU compiler also removes optimization barriers before it fuses, and it fuses a chain of elementwise
+operations into every consumer of the chain's result. In a train step the gradient of a residual stream is
+such a chain, one `add` per block, with many consumers (weight gradients, normalisation statistics): each
+consumer recomputed the chain from its start. lgm keeps the barriers (`xla_disable_hlo_passes`) and puts
+one on every residual sum (`materialize`): the t2i job's latent score model then trains in ~0.87 of the time.
+GPUs and TPUs get no options, and `materialize` is the identity there.
+
+Your own choice wins: an option that XLA_FLAGS names is left to it, and LGM_XLA_OPTIONS=0 turns lgm's options
+off. A jaxlib that does not know an option gets none (one warning).
 """
 
 import functools
@@ -20,6 +27,7 @@ import jax.numpy as jnp
 
 CPU_OPTIONS = {
     'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE',
+    'xla_disable_hlo_passes': 'cse_barrier_expander',  # keep optimization barriers (`materialize`)
 }
 
 
@@ -28,14 +36,22 @@ def compiler_options() -> dict[str, str]:
   """The options for programs on the default backend (empty where lgm has none to give)."""
   if jax.default_backend() != 'cpu' or os.environ.get('LGM_XLA_OPTIONS') == '0':
     return {}
-  if any(name in os.environ.get('XLA_FLAGS', '') for name in CPU_OPTIONS):
-    return {}
-  try:  # a jaxlib without these options refuses to compile with them
-    jax.jit(lambda x: x + 1, compiler_options=CPU_OPTIONS)(jnp.zeros(()))
+  options = {name: value for name, value in CPU_OPTIONS.items() if name not in os.environ.get('XLA_FLAGS', '')}
+  try:  # a jaxlib without these options refuses to compile with them (ahead of time: callable inside a trace)
+    jax.jit(lambda x: x + 1, compiler_options=options).lower(jax.ShapeDtypeStruct((), jnp.float32)).compile()
   except Exception as error:  # noqa: BLE001 -- XLA's error type varies between jaxlib versions
-    logging.warning('lgm compiles with XLA defaults: this jaxlib refused %s (%s)', CPU_OPTIONS, error)
+    logging.warning('lgm compiles with XLA defaults: this jaxlib refused %s (%s)', options, error)
     return {}
-  return dict(CPU_OPTIONS)
+  return options
+
+
+def materialize(x: jnp.ndarray) -> jnp.ndarray:
+  """`x`, which the compiled program stores once instead of recomputing it inside each consumer, and so its
+  cotangent under autodiff (an optimization barrier). The identity where lgm's options do not keep the
+  barriers (every backend but the CPU): there XLA removes them anyway, or fuses well enough without."""
+  if compiler_options().get('xla_disable_hlo_passes') != CPU_OPTIONS['xla_disable_hlo_passes']:
+    return x
+  return jax.lax.optimization_barrier(x)
 
 
 def _at_top_level() -> bool:

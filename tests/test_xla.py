@@ -46,9 +46,33 @@ def test_nested_and_method_uses_trace_as_plain_jits():
 def test_the_users_flags_and_the_switch_take_precedence(monkeypatch):
   choose = xla.compiler_options.__wrapped__  # uncached
   monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=')
+  assert choose() == {'xla_disable_hlo_passes': 'cse_barrier_expander'}
+  monkeypatch.setenv('XLA_FLAGS', '--xla_disable_hlo_passes=fusion --xla_cpu_experimental_ynn_fusion_type=')
   assert choose() == {}
   monkeypatch.delenv('XLA_FLAGS')
   monkeypatch.setenv('LGM_XLA_OPTIONS', '0')
   assert choose() == {}
   monkeypatch.delenv('LGM_XLA_OPTIONS')
   assert choose() == xla.CPU_OPTIONS
+
+
+def _residual_chain(ws, x, store):
+  for w in ws:  # one residual sum per "block", each with its own weight to differentiate
+    x = (x + jnp.tanh(x * w)) * 0.7
+    x = xla.materialize(x) if store else x
+  return (x ** 2).sum()
+
+
+def test_materialize_stops_xla_recomputing_a_residual_gradient_in_each_consumer():
+  ws = [jnp.full(64, 0.1 + 0.01 * i) for i in range(12)]
+  x = jax.random.normal(jax.random.PRNGKey(0), (256, 64))
+  grad = xla.jit(jax.grad(_residual_chain), static_argnums=2)
+  flops = {store: grad.lower(ws, x, store).compile().cost_analysis()['flops'] for store in (False, True)}
+  # Without the barriers each weight's gradient re-derives the residual gradient from the loss: O(depth^2).
+  assert flops[True] < flops[False] / 3, flops
+  for got, want in zip(grad(ws, x, True), grad(ws, x, False)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert 'opt-barrier' in grad.lower(ws, x, True).compile().as_text()
+  # Under a plain jit XLA removes the barriers before it fuses: the same program as without them.
+  plain = jax.jit(jax.grad(_residual_chain), static_argnums=2)
+  assert 'opt-barrier' not in plain.lower(ws, x, True).compile().as_text()

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from lgm import xla
 from lgm.models import winograd
 
 Dtype = Any
@@ -64,8 +65,9 @@ def norm_act_conv(h: jnp.ndarray, features: int, kernel_init: Initializer, dtype
 
 
 def skip_sum(x: jnp.ndarray, h: jnp.ndarray, rescale: bool) -> jnp.ndarray:
-  """Residual sum; divided by sqrt(2) with `rescale` so that variances do not grow with depth."""
-  return (x + h) / math.sqrt(2.0) if rescale else x + h
+  """Residual sum; divided by sqrt(2) with `rescale` so that variances do not grow with depth. Stored
+  (`xla.materialize`): on CPU XLA otherwise recomputes the residual stream's gradient in each consumer."""
+  return xla.materialize((x + h) / math.sqrt(2.0) if rescale else x + h)
 
 
 def space_to_depth(x: jnp.ndarray, factor: int) -> jnp.ndarray:
