@@ -1,6 +1,6 @@
 """lgm against the PyTorch model its users would otherwise pick, side by side in one run on one machine.
 
-python -m benchmarks.peer [--batch=8] [--steps=5] [--threads=2] [--torch_compile] [--out=FILE.jsonl]
+python -m benchmarks.peer [--batch=8] [--steps=5] [--rounds=3] [--threads=2] [--torch_compile] [--out=FILE.jsonl]
 python -m benchmarks.peer --model=t2i --t2i_workdir=runs/t2i_shapes --batch=64
 
 `--model=ddpm`: Ho et al.'s DDPM U-Net for 32x32 images. lgm: `configs/score_sde/cifar10_ddpm.py`
@@ -21,9 +21,12 @@ per-backend XLA options (`lgm.xla`), as its trainer and samplers do.
 For each side and dtype (float32; bfloat16 mixed precision: lgm's `train.compute_dtype`, PyTorch's
 `torch.autocast`), one line per measurement:
 - `train_step`: noise-prediction loss, backward, Adam, gradient-norm clipping, EMA (lgm: its trainer's
-  jitted step; PyTorch: fused Adam where the build has it, `torch._foreach_lerp_` for the EMA), the median
-  of `--steps` steps after two warm-up steps;
-- `forward`: one network evaluation (the unit of sampling), median of `--steps` calls.
+  jitted step; PyTorch: fused Adam where the build has it, `torch._foreach_lerp_` for the EMA);
+- `forward`: one network evaluation (the unit of sampling).
+The sides are timed in turn, not one after the other: after two warm-up calls of everything, `--rounds`
+rounds in which each side runs `--steps` calls of each measurement, so that a drift of the machine's speed
+(this benchmark's CPU machines drift by 10-20% within minutes) touches every side alike. Each line gives the
+median over all rounds' calls.
 PyTorch runs eager, with channels_last as well (its documented speed-up for convolutions), and with
 `torch.compile` when asked (contiguous layout; minutes of compiling on CPU). The last line gives lgm's time over PyTorch's best
 for each measurement (below 1: lgm is faster). PyTorch and diffusers come with the test extra (`.[test]`).
@@ -32,6 +35,7 @@ for each measurement (below 1: lgm is faster). PyTorch and diffusers come with t
 import os
 import statistics
 import time
+from typing import Callable, NamedTuple
 
 import jax
 from absl import app, flags
@@ -42,7 +46,8 @@ from configs.score_sde import cifar10_ddpm
 from lgm import xla
 
 _BATCH = flags.DEFINE_integer('batch', 8, 'Batch size of every measurement.')
-_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps or calls per measurement (the median is reported).')
+_STEPS = flags.DEFINE_integer('steps', 5, 'Timed calls per measurement and round.')
+_ROUNDS = flags.DEFINE_integer('rounds', 3, 'Rounds of timing, each visiting every side in turn (medians over all).')
 _THREADS = flags.DEFINE_integer('threads', 0, 'PyTorch CPU threads (0: one per core, as XLA uses).')
 _COMPILE = flags.DEFINE_bool('torch_compile', False, 'Also measure PyTorch with torch.compile.')
 _OUT = flags.DEFINE_string('out', None, 'Append the JSON lines to this file.')
@@ -50,15 +55,30 @@ _MODEL = flags.DEFINE_enum('model', 'ddpm', ['ddpm', 't2i'], 'Which pair of mode
 _T2I_WORKDIR = flags.DEFINE_string('t2i_workdir', None, 'A trained text-to-image job (--model=t2i).')
 
 
-def median_ms(fn, steps: int, warmup: int = 2) -> float:
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return 1e3 * statistics.median(times)
+class Contender(NamedTuple):
+  """One side of the comparison: what it is (`record`), and per measurement one blocking call."""
+  record: dict
+  calls: dict[str, Callable[[], None]]  # 'train_step', 'forward'
+  extra: dict[str, dict]  # per measurement, fields of its line besides the time (FLOPs)
+
+
+def interleaved_medians(contenders: list[Contender], steps: int, rounds: int, warmup: int = 2) -> list[dict]:
+  """The median milliseconds of every contender's calls, each timed `steps` times in each of `rounds`
+  rounds that visit all contenders in turn (after `warmup` calls of each)."""
+  for contender in contenders:
+    for call in contender.calls.values():
+      for _ in range(warmup):
+        call()
+  times = [{what: [] for what in c.calls} for c in contenders]
+  for _ in range(rounds):
+    for contender, timings in zip(contenders, times):
+      for what, call in contender.calls.items():
+        for _ in range(steps):
+          start = time.perf_counter()
+          call()
+          timings[what].append(time.perf_counter() - start)
+  return [{**c.record, 'what': what, 'ms': 1e3 * statistics.median(t[what]), 'timed_calls': len(t[what]),
+           **c.extra.get(what, {})} for c, t in zip(contenders, times) for what in c.calls]
 
 
 # --- lgm -----------------------------------------------------------------------------------------------
@@ -74,11 +94,11 @@ def lgm_config(model: str, batch: int, dtype: str):
   return config
 
 
-def lgm_measurements(model: str, batch: int, steps: int, dtype: str) -> list[dict]:
+def lgm_contender(model: str, batch: int, dtype: str) -> Contender:
   from lgm import stages
   config = lgm_config(model, batch, dtype)
   workdir = os.path.join(_T2I_WORKDIR.value, 'score') if model == 't2i' else None
-  train = train_step_lib.measure(config, steps=steps, workdir=workdir)
+  train = train_step_lib.prepare(config, workdir)
   task = stages.build_task(config, workdir)
   params = jax.jit(task.init)(jax.random.PRNGKey(0))
   x = jax.random.normal(jax.random.PRNGKey(1), (batch, *task.data_shape))
@@ -88,10 +108,10 @@ def lgm_measurements(model: str, batch: int, steps: int, dtype: str) -> list[dic
     forward = xla.jit(lambda params, x, t: task.score_fn(params, **condition)(x, t))
   else:
     forward = xla.jit(lambda params, x, t: task.score_fn(params)(x, t))
-  common = {'side': 'lgm', 'model': model, 'params': train['params'], 'dtype': dtype, 'batch': batch}
-  return [{**common, 'what': 'train_step', 'ms': train['step_ms'], 'gflop': train['step_gflop'],
-           'fraction_of_matmul_peak': train['fraction_of_peak']},
-          {**common, 'what': 'forward', 'ms': median_ms(lambda: jax.block_until_ready(forward(params, x, t)), steps)}]
+  record = {'side': 'lgm', 'model': model, 'params': train.params, 'dtype': dtype, 'batch': batch}
+  return Contender(record, {'train_step': train.advance,
+                            'forward': lambda: jax.block_until_ready(forward(params, x, t))},
+                   {'train_step': {'gflop': train.step_flops / 1e9}})
 
 
 # --- PyTorch / diffusers -------------------------------------------------------------------------------
@@ -129,8 +149,8 @@ def lgm_text_tower():
   return stages.build_task(config, os.path.join(_T2I_WORKDIR.value, 'score')).clip.task.model
 
 
-def torch_measurements(model_name: str, batch: int, steps: int, dtype: str, channels_last: bool,
-                       compiled: bool, text=None) -> list[dict]:
+def torch_contender(model_name: str, batch: int, dtype: str, channels_last: bool, compiled: bool,
+                    text=None) -> Contender:
   import torch
   torch.manual_seed(0)
   model = torch_ddpm() if model_name == 'ddpm' else torch_t2i()
@@ -189,11 +209,10 @@ def torch_measurements(model_name: str, batch: int, steps: int, dtype: str, chan
     with FlopCounterMode(display=False) as flops:
       train_step()
     gflop = flops.get_total_flops() / 1e9
-  common = {'side': 'pytorch', 'model': type(model).__name__, 'params': count, 'dtype': dtype, 'batch': batch,
+  record = {'side': 'pytorch', 'model': type(model).__name__, 'params': count, 'dtype': dtype, 'batch': batch,
             'channels_last': channels_last, 'torch_compile': compiled, 'fused_adam': fused,
             'torch': torch.__version__, 'threads': torch.get_num_threads()}
-  return [{**common, 'what': 'train_step', 'ms': median_ms(train_step, steps), 'gflop': gflop},
-          {**common, 'what': 'forward', 'ms': median_ms(forward, steps)}]
+  return Contender(record, {'train_step': train_step, 'forward': forward}, {'train_step': {'gflop': gflop}})
 
 
 def main(argv):
@@ -201,19 +220,22 @@ def main(argv):
   import torch
   if _THREADS.value:
     torch.set_num_threads(_THREADS.value)
-  batch, steps = _BATCH.value, _STEPS.value
+  batch = _BATCH.value
   device = jax.devices()[0].device_kind
   records = []
   text = lgm_text_tower() if _MODEL.value == 't2i' else None
-  for dtype in ('float32', 'bfloat16'):
-    for record in lgm_measurements(_MODEL.value, batch, steps, dtype):
+  for dtype in ('float32', 'bfloat16'):  # one dtype's contenders at a time (memory); timed in turn
+    variants = [(False, False), (True, False)] + ([(False, True)] if _COMPILE.value else [])
+    contenders = [lgm_contender(_MODEL.value, batch, dtype)] + [  # (compiling takes minutes on CPU)
+        torch_contender(_MODEL.value, batch, dtype, channels_last, compiled, text)
+        for channels_last, compiled in variants]
+    peak = train_step_lib.matmul_peak_flops(dtype=dtype)
+    for record in interleaved_medians(contenders, _STEPS.value, _ROUNDS.value):
+      if record['side'] == 'lgm' and record['what'] == 'train_step':
+        record['fraction_of_matmul_peak'] = record['gflop'] * 1e9 / (record['ms'] / 1e3) / peak
       records.append(record)
       report({**record, 'device': device}, _OUT.value)
-    variants = [(False, False), (True, False)] + ([(False, True)] if _COMPILE.value else [])
-    for channels_last, compiled in variants:  # (compiling takes minutes on CPU: once per dtype)
-      for record in torch_measurements(_MODEL.value, batch, steps, dtype, channels_last, compiled, text):
-        records.append(record)
-        report({**record, 'device': device}, _OUT.value)
+    del contenders
   ratios = {}
   for dtype in ('float32', 'bfloat16'):
     for what in ('train_step', 'forward'):

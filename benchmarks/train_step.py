@@ -12,8 +12,10 @@ compute, not the data pipeline. Tasks that read files of their run (a CLIP token
 text-to-image model) take the run's `--workdir`.
 """
 
+import dataclasses
 import json
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -61,42 +63,64 @@ def synthetic_batch(task, batch_size: int) -> dict[str, np.ndarray]:
               else np.zeros(s.shape, s.dtype)) for k, s in task.batch_spec(batch_size).items()}
 
 
-def measure(config, steps: int = 30, peak: float | None = None, workdir: str | None = None) -> dict:
-  """Timings of `steps` train steps of `config` on synthetic data (after 3 warm-up calls); with
-  `train.steps_per_call` = k, `steps` rounded up to calls of k steps (times and FLOPs are per step)."""
+@dataclasses.dataclass
+class Prepared:
+  """A config's compiled train step on a synthetic batch: `advance()` runs one call (`per_call` steps)."""
+  advance: Callable[[], None]
+  per_call: int
+  step_flops: float  # one step's, `lgm.inspection.program_flops`
+  params: int
+  mesh: jax.sharding.Mesh
+  compile_seconds: float
+
+
+def prepare(config, workdir: str | None = None) -> Prepared:
+  """Build, compile and warm up (3 calls) the train step of `config`; `train.steps_per_call` = k makes each
+  call k steps on a stack of k copies of the batch."""
   mesh = mesh_lib.make_mesh(config.mesh)
   task = stages.build_task(config, workdir)
   tx, schedule = state_lib.make_optimizer(config)
   state, shardings = state_lib.create_train_state(task.init, tx, config.seed, mesh)
   per_call = config.train.get('steps_per_call', 1)
   step = state_lib.make_train_step(task.loss, tx, schedule, config.train.ema_decay, mesh, shardings, per_call)
-  batch_size = config.train.batch_size
-  batch = synthetic_batch(task, batch_size)
+  batch = synthetic_batch(task, config.train.batch_size)
   if per_call > 1:
     batch = {k: np.stack([v] * per_call) for k, v in batch.items()}
   batch = jax.device_put(batch, mesh_lib.batch_sharding(mesh, stacked=per_call > 1))
   start = time.perf_counter()
-  step_flops = inspection.program_flops(lambda s, b: step(s, b), state, batch) / per_call  # `step`'s program
+  flops = inspection.program_flops(lambda s, b: step(s, b), state, batch) / per_call  # `step`'s program
+  params = inspection.parameter_count(state.params)
+  current = [state]  # the step donates its state: each call continues from the last one's
+
+  def advance():
+    current[0], metrics = step(current[0], batch)
+    jax.block_until_ready(metrics)
+
   for _ in range(3):
-    state, metrics = step(state, batch)
-  jax.block_until_ready(metrics)
-  compile_seconds = time.perf_counter() - start
-  calls = -(-steps // per_call)
+    advance()
+  return Prepared(advance, per_call, flops, params, mesh, time.perf_counter() - start)
+
+
+def measure(config, steps: int = 30, peak: float | None = None, workdir: str | None = None) -> dict:
+  """Timings of `steps` train steps of `config` on synthetic data (after 3 warm-up calls); with
+  `train.steps_per_call` = k, `steps` rounded up to calls of k steps (times and FLOPs are per step)."""
+  prepared = prepare(config, workdir)
+  calls = -(-steps // prepared.per_call)
   start = time.perf_counter()
   for _ in range(calls):
-    state, metrics = step(state, batch)
-  jax.block_until_ready(metrics)
-  seconds = (time.perf_counter() - start) / (calls * per_call)
+    prepared.advance()
+  seconds = (time.perf_counter() - start) / (calls * prepared.per_call)
   peak = peak or matmul_peak_flops(dtype=config.train.compute_dtype)
+  batch_size = config.train.batch_size
   return {
-      'model': config.model.name, 'devices': f'{mesh.size} x {jax.devices()[0].device_kind}',
-      'compute_dtype': config.train.compute_dtype, 'batch_size': batch_size, 'steps_per_call': per_call,
+      'model': config.model.name, 'devices': f'{prepared.mesh.size} x {jax.devices()[0].device_kind}',
+      'compute_dtype': config.train.compute_dtype, 'batch_size': batch_size, 'steps_per_call': prepared.per_call,
       'step_ms': 1e3 * seconds, 'images_per_sec': batch_size / seconds,
-      'compile_and_warmup_s': compile_seconds,
-      'step_gflop': step_flops / 1e9, 'achieved_gflops': step_flops / seconds / 1e9,
+      'compile_and_warmup_s': prepared.compile_seconds,
+      'step_gflop': prepared.step_flops / 1e9, 'achieved_gflops': prepared.step_flops / seconds / 1e9,
       'matmul_peak_gflops': peak / 1e9, 'matmul_peak_dtype': config.train.compute_dtype,
-      'fraction_of_peak': step_flops / seconds / peak,
-      'params': inspection.parameter_count(state.params),
+      'fraction_of_peak': prepared.step_flops / seconds / peak,
+      'params': prepared.params,
   }
 
 
