@@ -3,7 +3,8 @@
 python -m benchmarks.device_suite [--t2i_workdir=runs/t2i_shapes] [--cifar] [--out=FILE.jsonl]
 
 Train steps (synthetic batches) of the shipped models at their own batch and a larger one: the VAE, the
-CLIP towers, the pixel score model and the latent text-to-image score model (the stages of the t2i job in
+CLIP towers, the pixel score model and the latent text-to-image score model (also at 16 steps per call,
+`train.steps_per_call`, the remedy for launch-bound steps) (the stages of the t2i job in
 `--t2i_workdir`: its VAE and CLIP stages must be trained, its score stage need not be). Sampling: the pixel
 score model with DPM-Solver++ at 25 steps; the whole text-to-image pipeline at its default sampler and
 guidance, batch 16 and 256. `--cifar` adds DDPM++ cont. (CIFAR-10 size, 61.8M parameters) at the paper's
@@ -27,15 +28,16 @@ _OUT = flags.DEFINE_string('out', None, 'Also append the results to this file.')
 
 
 def train_step_runs(job, cifar: bool) -> list[tuple]:
-  """(name, config, batch, compute dtype, stage) of each train-step measurement."""
-  runs = [('vae_shapes', vae_shapes.get_config(), 256, 'float32', None),
-          ('t2i_shapes.clip', job.clip, 128, 'float32', 'clip'),
-          ('t2i_shapes.clip', job.clip, 1024, 'float32', 'clip'),
-          ('sde_vp_shapes', sde_vp_shapes.get_config(), 256, 'float32', None),
-          ('t2i_shapes.score', job.score, 64, 'float32', 'score'),
-          ('t2i_shapes.score', job.score, 256, 'float32', 'score')]
+  """(name, config, batch, compute dtype, stage, steps per call) of each train-step measurement."""
+  runs = [('vae_shapes', vae_shapes.get_config(), 256, 'float32', None, 1),
+          ('t2i_shapes.clip', job.clip, 128, 'float32', 'clip', 1),
+          ('t2i_shapes.clip', job.clip, 1024, 'float32', 'clip', 1),
+          ('sde_vp_shapes', sde_vp_shapes.get_config(), 256, 'float32', None, 1),
+          ('t2i_shapes.score', job.score, 64, 'float32', 'score', 1),
+          ('t2i_shapes.score', job.score, 64, 'float32', 'score', 16),  # launch-bound: 16 steps a call
+          ('t2i_shapes.score', job.score, 256, 'float32', 'score', 1)]
   if cifar:
-    runs += [('cifar10_ddpmpp_continuous', cifar10_ddpmpp_continuous.get_config(), 128, dtype, None)
+    runs += [('cifar10_ddpmpp_continuous', cifar10_ddpmpp_continuous.get_config(), 128, dtype, None, 1)
              for dtype in ('float32', 'bfloat16')]
   return runs
 
@@ -50,9 +52,9 @@ def main(argv):
     results.append(result)
     print(json.dumps(result), flush=True)
 
-  for name, config, batch, dtype, stage in train_step_runs(job, _CIFAR.value):
+  for name, config, batch, dtype, stage, per_call in train_step_runs(job, _CIFAR.value):
     config = config.copy_and_resolve_references()
-    config.train.batch_size, config.train.compute_dtype = batch, dtype
+    config.train.batch_size, config.train.compute_dtype, config.train.steps_per_call = batch, dtype, per_call
     workdir = None if stage is None else os.path.join(_T2I.value, stage)
     record({'benchmark': 'train_step', 'config': name,
             **train_step.measure(config, steps=20, peak=peaks[dtype], workdir=workdir)})

@@ -27,9 +27,11 @@ The sides are timed in turn, not one after the other: after two warm-up calls of
 rounds in which each side runs `--steps` calls of each measurement, so that a drift of the machine's speed
 (this benchmark's CPU machines drift by 10-20% within minutes) touches every side alike. Each line gives the
 median over all rounds' calls.
-PyTorch runs eager, with channels_last as well (its documented speed-up for convolutions), and with
-`torch.compile` when asked (contiguous layout; minutes of compiling on CPU). The last line gives lgm's time over PyTorch's best
-for each measurement (below 1: lgm is faster). PyTorch and diffusers come with the test extra (`.[test]`).
+On a machine with a CUDA build of PyTorch its side runs on the GPU (TF32 allowed, `cudnn.benchmark`), as
+lgm's runs on JAX's default device. PyTorch runs eager, with channels_last as well (its documented speed-up
+for convolutions), and with `torch.compile` when asked (contiguous layout; minutes of compiling on CPU). The
+last line gives lgm's time over PyTorch's best for each measurement (below 1: lgm is faster). PyTorch and
+diffusers come with the test extra (`.[test]`).
 """
 
 import os
@@ -149,13 +151,32 @@ def lgm_text_tower():
   return stages.build_task(config, os.path.join(_T2I_WORKDIR.value, 'score')).clip.task.model
 
 
+def torch_device():
+  """CUDA where PyTorch has it (TF32 matmuls and convolutions allowed, cuDNN's autotuner on: PyTorch's
+  documented fast settings), else the CPU."""
+  import torch
+  if not torch.cuda.is_available():
+    return torch.device('cpu')
+  torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+  torch.backends.cudnn.benchmark = True
+  return torch.device('cuda')
+
+
+def synchronize() -> None:
+  """Wait for PyTorch's queued GPU work (timings end when the work does, as lgm's `block_until_ready`)."""
+  import torch
+  if torch.cuda.is_available():
+    torch.cuda.synchronize()
+
+
 def torch_contender(model_name: str, batch: int, dtype: str, channels_last: bool, compiled: bool,
                     text=None) -> Contender:
   import torch
   torch.manual_seed(0)
+  device = torch_device()
   model = torch_ddpm() if model_name == 'ddpm' else torch_t2i()
   memory_format = torch.channels_last if channels_last else torch.contiguous_format
-  model = model.to(memory_format=memory_format)
+  model = model.to(device, memory_format=memory_format)
   params = [p for p in model.parameters() if p.requires_grad]
   try:
     optimizer = torch.optim.Adam(params, lr=2e-4, fused=True)
@@ -163,30 +184,30 @@ def torch_contender(model_name: str, batch: int, dtype: str, channels_last: bool
   except (RuntimeError, TypeError):
     optimizer, fused = torch.optim.Adam(params, lr=2e-4, foreach=True), False
   ema = [p.detach().clone() for p in params]
-  alphas = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000), 0)
+  alphas = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, device=device), 0)
   shape = (batch, 3, 32, 32) if model_name == 'ddpm' else (batch, 4, 8, 8)
-  x0 = torch.randn(*shape).to(memory_format=memory_format)
+  x0 = torch.randn(*shape, device=device).to(memory_format=memory_format)
   bf16 = dtype == 'bfloat16'
   network = torch.compile(model) if compiled else model
   encoder = None
   if model_name == 't2i':
-    encoder = torch_text_encoder(text)
+    encoder = torch_text_encoder(text).to(device)
     encoder = torch.compile(encoder) if compiled else encoder
-    tokens = torch.randint(0, text.vocab_size, (batch, text.context_length))
+    tokens = torch.randint(0, text.vocab_size, (batch, text.context_length), device=device)
 
   def conditioning():  # the frozen text tower, run in every train step as lgm's (and Stable Diffusion's)
     if encoder is None:
       return {}
-    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
       return {'encoder_hidden_states': encoder(tokens).last_hidden_state}
 
   context = conditioning()  # sampling: text features computed once per prompt batch, as lgm's
 
   def train_step():
-    t = torch.randint(0, 1000, (batch,))
+    t = torch.randint(0, 1000, (batch,), device=device)
     noise = torch.randn_like(x0)
     a = alphas[t].view(-1, 1, 1, 1)
-    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
       prediction = network(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, **conditioning()).sample
     loss = torch.nn.functional.mse_loss(prediction.float(), noise)
     optimizer.zero_grad(set_to_none=True)
@@ -195,12 +216,14 @@ def torch_contender(model_name: str, batch: int, dtype: str, channels_last: bool
     optimizer.step()
     with torch.no_grad():
       torch._foreach_lerp_(ema, params, 1e-4)
+    synchronize()
 
-  t_eval = torch.randint(0, 1000, (batch,))
+  t_eval = torch.randint(0, 1000, (batch,), device=device)
 
   def forward():
-    with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
       network(x0, t_eval, **context)
+    synchronize()
 
   count = sum(p.numel() for p in params)
   gflop = None
@@ -211,7 +234,7 @@ def torch_contender(model_name: str, batch: int, dtype: str, channels_last: bool
     gflop = flops.get_total_flops() / 1e9
   record = {'side': 'pytorch', 'model': type(model).__name__, 'params': count, 'dtype': dtype, 'batch': batch,
             'channels_last': channels_last, 'torch_compile': compiled, 'fused_adam': fused,
-            'torch': torch.__version__, 'threads': torch.get_num_threads()}
+            'torch': torch.__version__, 'torch_device': device.type, 'threads': torch.get_num_threads()}
   return Contender(record, {'train_step': train_step, 'forward': forward}, {'train_step': {'gflop': gflop}})
 
 

@@ -24,14 +24,15 @@ FLAGS = flags.FLAGS  # --t2i_workdir and --out: benchmarks.device_suite's flags
 
 def main(argv):
   del argv
-  runs = {(name, batch, dtype): (config, stage) for name, config, batch, dtype, stage
+  runs = {(name, batch, dtype, per_call): (config, stage) for name, config, batch, dtype, stage, per_call
           in device_suite.train_step_runs(workdir_lib.read_config(FLAGS.t2i_workdir), cifar=True)}
   with open(_RESULTS.value) as f:
     records = [json.loads(line) for line in f if line.strip()]
   for record in records:
     if record.get('benchmark') != 'train_step':
       continue
-    config, stage = runs[(record['config'], record['batch_size'], record['compute_dtype'])]
+    config, stage = runs[(record['config'], record['batch_size'], record['compute_dtype'],
+                          record.get('steps_per_call', 1))]
     config = config.copy_and_resolve_references()
     config.train.batch_size, config.train.compute_dtype = record['batch_size'], record['compute_dtype']
     flops, params = train_step.step_flops(config, None if stage is None else os.path.join(FLAGS.t2i_workdir, stage))
