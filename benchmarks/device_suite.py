@@ -3,9 +3,9 @@
 python -m benchmarks.device_suite [--t2i_workdir=runs/t2i_shapes] [--cifar] [--out=FILE.jsonl]
 
 Train steps (synthetic batches) of the shipped models at their own batch and a larger one: the VAE, the
-CLIP towers, the pixel score model and the latent text-to-image score model (also at 16 steps per call,
-`train.steps_per_call`, the remedy for launch-bound steps) (the stages of the t2i job in
-`--t2i_workdir`: its VAE and CLIP stages must be trained, its score stage need not be). Sampling: the pixel
+CLIP towers, the pixel score model and the latent text-to-image score model (the stages of the t2i job in
+`--t2i_workdir`: its VAE and CLIP stages must be trained, its score stage need not be); the latent score
+model also at 16 steps per call (`train.steps_per_call`, the remedy for launch-bound steps). Sampling: the pixel
 score model with DPM-Solver++ at 25 steps; the whole text-to-image pipeline at its default sampler and
 guidance, batch 16 and 256. `--cifar` adds DDPM++ cont. (CIFAR-10 size, 61.8M parameters) at the paper's
 batch 128 in float32 and bfloat16 (about 2 minutes of compiling each).

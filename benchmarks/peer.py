@@ -97,11 +97,10 @@ def lgm_config(model: str, batch: int, dtype: str):
 
 
 def lgm_contender(model: str, batch: int, dtype: str) -> Contender:
-  from lgm import stages
   config = lgm_config(model, batch, dtype)
   workdir = os.path.join(_T2I_WORKDIR.value, 'score') if model == 't2i' else None
   train = train_step_lib.prepare(config, workdir)
-  task = stages.build_task(config, workdir)
+  task = train.task
   params = jax.jit(task.init)(jax.random.PRNGKey(0))
   x = jax.random.normal(jax.random.PRNGKey(1), (batch, *task.data_shape))
   t = jax.random.uniform(jax.random.PRNGKey(2), (batch,), minval=0.01, maxval=1.0)

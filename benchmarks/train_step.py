@@ -15,7 +15,7 @@ text-to-image model) take the run's `--workdir`.
 import dataclasses
 import json
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -67,6 +67,7 @@ def synthetic_batch(task, batch_size: int) -> dict[str, np.ndarray]:
 class Prepared:
   """A config's compiled train step on a synthetic batch: `advance()` runs one call (`per_call` steps)."""
   advance: Callable[[], None]
+  task: Any  # the config's task (`lgm.stages.build_task`)
   per_call: int
   step_flops: float  # one step's, `lgm.inspection.program_flops`
   params: int
@@ -98,7 +99,7 @@ def prepare(config, workdir: str | None = None) -> Prepared:
 
   for _ in range(3):
     advance()
-  return Prepared(advance, per_call, flops, params, mesh, time.perf_counter() - start)
+  return Prepared(advance, task, per_call, flops, params, mesh, time.perf_counter() - start)
 
 
 def measure(config, steps: int = 30, peak: float | None = None, workdir: str | None = None) -> dict:

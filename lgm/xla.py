@@ -48,7 +48,7 @@ def compiler_options() -> dict[str, str]:
 def materialize(x: jnp.ndarray) -> jnp.ndarray:
   """`x`, which the compiled program stores once instead of recomputing it inside each consumer, and so its
   cotangent under autodiff (an optimization barrier). The identity where lgm's options do not keep the
-  barriers (every backend but the CPU): there XLA removes them anyway, or fuses well enough without."""
+  barriers: there XLA would remove them anyway (CPU), or their effect was not measured (GPU, TPU)."""
   if compiler_options().get('xla_disable_hlo_passes') != CPU_OPTIONS['xla_disable_hlo_passes']:
     return x
   return jax.lax.optimization_barrier(x)
