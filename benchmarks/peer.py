@@ -12,7 +12,9 @@ has biases and its time embedding one more layer).
 `UNet2DConditionModel` at the same widths (48, 96), one resnet per level, cross-attention at both levels and
 in the middle, context width 128: 2.45M parameters against lgm's 1.89M (diffusers' transformer blocks add a
 feed-forward layer), so each line also gives the step's FLOPs as each side counts them (lgm: XLA's count of
-the program; PyTorch: `FlopCounterMode`). Both train steps run the frozen text tower on the batch's captions,
+the program; PyTorch: `FlopCounterMode`). The same model with the feed-forward layers taken out of its
+transformer blocks (`feed_forward: false`; 1.92M parameters, lgm's attention block plus diffusers' in/out
+projections and LayerNorms) is the same-size comparison, timed beside it. Both train steps run the frozen text tower on the batch's captions,
 as the job (and Stable Diffusion's training) does: lgm the job's, PyTorch transformers' `CLIPTextModel` at its
 sizes (width 128, 3 layers, 4 heads, 24 tokens); the forward takes text features computed beforehand.
 Random weights (lgm's text tower: the job's), synthetic batches: speed only. lgm compiles with its
@@ -125,13 +127,32 @@ def torch_ddpm():
       dropout=0.1, flip_sin_to_cos=False, freq_shift=1, downsample_padding=0, attention_head_dim=None)
 
 
-def torch_t2i():
+def torch_t2i(feed_forward: bool = True):
   from diffusers import UNet2DConditionModel
-  return UNet2DConditionModel(
+  model = UNet2DConditionModel(
       sample_size=8, in_channels=4, out_channels=4, block_out_channels=(48, 96), layers_per_block=1,
       down_block_types=('CrossAttnDownBlock2D', 'CrossAttnDownBlock2D'),
       up_block_types=('CrossAttnUpBlock2D', 'CrossAttnUpBlock2D'), mid_block_type='UNetMidBlock2DCrossAttn',
       cross_attention_dim=128, attention_head_dim=4, norm_num_groups=16)
+  if not feed_forward:
+    without_feed_forward(model)
+  return model
+
+
+def without_feed_forward(model) -> None:
+  """Takes the feed-forward sublayer (LayerNorm, GEGLU MLP) out of every diffusers transformer block: its
+  output becomes a zero that the block adds to its residual stream."""
+  import torch
+
+  class Zero(torch.nn.Module):
+    def forward(self, x, *args, **kwargs):
+      return x.new_zeros(())
+
+  blocks = [m for m in model.modules() if hasattr(m, 'ff') and hasattr(m, 'norm3')]
+  if not blocks:
+    raise ValueError('no transformer block with a feed-forward layer found: has diffusers renamed them?')
+  for block in blocks:
+    block.norm3, block.ff = torch.nn.Identity(), Zero()
 
 
 def torch_text_encoder(text):
@@ -169,11 +190,11 @@ def synchronize() -> None:
 
 
 def torch_contender(model_name: str, batch: int, dtype: str, channels_last: bool, compiled: bool,
-                    text=None) -> Contender:
+                    text=None, feed_forward: bool = True) -> Contender:
   import torch
   torch.manual_seed(0)
   device = torch_device()
-  model = torch_ddpm() if model_name == 'ddpm' else torch_t2i()
+  model = torch_ddpm() if model_name == 'ddpm' else torch_t2i(feed_forward)
   memory_format = torch.channels_last if channels_last else torch.contiguous_format
   model = model.to(device, memory_format=memory_format)
   params = [p for p in model.parameters() if p.requires_grad]
@@ -233,6 +254,7 @@ def torch_contender(model_name: str, batch: int, dtype: str, channels_last: bool
     gflop = flops.get_total_flops() / 1e9
   record = {'side': 'pytorch', 'model': type(model).__name__, 'params': count, 'dtype': dtype, 'batch': batch,
             'channels_last': channels_last, 'torch_compile': compiled, 'fused_adam': fused,
+            **({} if model_name == 'ddpm' else {'feed_forward': feed_forward}),
             'torch': torch.__version__, 'torch_device': device.type, 'threads': torch.get_num_threads()}
   return Contender(record, {'train_step': train_step, 'forward': forward}, {'train_step': {'gflop': gflop}})
 
@@ -246,11 +268,13 @@ def main(argv):
   device = jax.devices()[0].device_kind
   records = []
   text = lgm_text_tower() if _MODEL.value == 't2i' else None
+  variants = [(False, False), (True, False)] + ([(False, True)] if _COMPILE.value else [])
+  sizes = (True, False) if _MODEL.value == 't2i' else (True,)  # t2i: diffusers' blocks, and lgm's size
   for dtype in ('float32', 'bfloat16'):  # one dtype's contenders at a time (memory); timed in turn
-    variants = [(False, False), (True, False)] + ([(False, True)] if _COMPILE.value else [])
     contenders = [lgm_contender(_MODEL.value, batch, dtype)] + [  # (compiling takes minutes on CPU)
-        torch_contender(_MODEL.value, batch, dtype, channels_last, compiled, text)
-        for channels_last, compiled in variants]
+        torch_contender(_MODEL.value, batch, dtype, channels_last, compiled, text, feed_forward)
+        for feed_forward in sizes for channels_last, compiled in variants
+        if feed_forward or not channels_last]  # the same-size model: eager and compiled
     peak = train_step_lib.matmul_peak_flops(dtype=dtype)
     for record in interleaved_medians(contenders, _STEPS.value, _ROUNDS.value):
       if record['side'] == 'lgm' and record['what'] == 'train_step':
@@ -258,19 +282,25 @@ def main(argv):
       records.append(record)
       report({**record, 'device': device}, _OUT.value)
     del contenders
+  for feed_forward in sizes:
+    peers = [r for r in records if r['side'] == 'lgm' or r.get('feed_forward', True) == feed_forward]
+    report({'what': 'lgm_time_over_pytorch_best', 'model': _MODEL.value, 'device': device, 'batch': batch,
+            **({} if _MODEL.value == 'ddpm' else {'pytorch_feed_forward': feed_forward}), **time_ratios(peers)},
+           _OUT.value)
+
+
+def time_ratios(records: list[dict]) -> dict[str, float]:
+  """lgm's time over PyTorch's best, per measurement and dtype, and best of each across dtypes."""
+  def best(side, what, dtype=None):
+    return min(r['ms'] for r in records
+               if r['side'] == side and r['what'] == what and (dtype is None or r['dtype'] == dtype))
   ratios = {}
-  for dtype in ('float32', 'bfloat16'):
-    for what in ('train_step', 'forward'):
-      lgm = [r['ms'] for r in records if r['side'] == 'lgm' and r['dtype'] == dtype and r['what'] == what]
-      peer = [r['ms'] for r in records if r['side'] == 'pytorch' and r['dtype'] == dtype and r['what'] == what]
-      ratios[f'{what}_{dtype}'] = lgm[0] / min(peer)
-  best_peer = {what: min(r['ms'] for r in records if r['side'] == 'pytorch' and r['what'] == what)
-               for what in ('train_step', 'forward')}
-  best_lgm = {what: min(r['ms'] for r in records if r['side'] == 'lgm' and r['what'] == what)
-              for what in ('train_step', 'forward')}
-  ratios.update({f'{what}_best_of_each': best_lgm[what] / best_peer[what] for what in best_lgm})
-  report({'what': 'lgm_time_over_pytorch_best', 'model': _MODEL.value, 'device': device, 'batch': batch, **ratios},
-         _OUT.value)
+  for what in ('train_step', 'forward'):
+    for dtype in ('float32', 'bfloat16'):
+      ratios[f'{what}_{dtype}'] = best('lgm', what, dtype) / best('pytorch', what, dtype)
+  ratios.update({f'{what}_best_of_each': best('lgm', what) / best('pytorch', what)
+                 for what in ('train_step', 'forward')})
+  return ratios
 
 
 if __name__ == '__main__':
