@@ -32,8 +32,8 @@ median over all rounds' calls.
 On a machine with a CUDA build of PyTorch its side runs on the GPU (TF32 allowed, `cudnn.benchmark`), as
 lgm's runs on JAX's default device. PyTorch runs eager, with channels_last as well (its documented speed-up
 for convolutions), and with `torch.compile` when asked (contiguous layout; minutes of compiling on CPU). The
-last line gives lgm's time over PyTorch's best for each measurement (below 1: lgm is faster). PyTorch and
-diffusers come with the test extra (`.[test]`).
+last line (t2i: the last two, as shipped and same size) gives lgm's time over PyTorch's best for each
+measurement (below 1: lgm is faster). PyTorch and diffusers come with the test extra (`.[test]`).
 """
 
 import os
