@@ -160,6 +160,24 @@ def test_an_unverified_damaged_checkpoint_falls_back_with_one_line_not_pages_of_
   assert any('checkpoint of step 40' in line and 'cannot be read' in line for line in lines)
 
 
+def test_an_intact_checkpoint_that_the_code_cannot_restore_is_refused_in_one_line_and_not_moved(
+    trained_workdir, tmp_path, monkeypatch):
+  """Sound files that another model's code wrote (here: layer norms where the run had group norms) are not
+  damage: resuming stops with one line and moves nothing aside."""
+  import flax.linen as nn
+  from lgm.models import layers
+  workdir = copy_of(trained_workdir, tmp_path)
+  directory = os.path.join(workdir, 'checkpoints')
+  before = tree_digest(directory)
+  monkeypatch.setattr(layers, 'group_norm', lambda channels, dtype, groups=None: nn.LayerNorm(dtype=dtype))
+  with pytest.raises(checkpoints_lib.CheckpointError) as error:
+    trainer.train_and_evaluate(make_tiny_config(**{'train.num_steps': 50}), workdir)
+  message = str(error.value)
+  assert '\n' not in message and 'checkpoint of step 40' in message and 'is intact' in message, message
+  assert 'does not fit the model' in message
+  assert tree_digest(directory) == before  # no checkpoint moved aside, none written
+
+
 def test_when_no_checkpoint_can_be_read_the_run_stops_and_does_not_start_over(trained_workdir, tmp_path):
   workdir = copy_of(trained_workdir, tmp_path)
   for step in (20, 30, 40):

@@ -113,7 +113,8 @@ class Checkpoints:
 
   def restore(self, abstract_state: Any) -> tuple[Any, dict, int] | None:
     """(state, meta, step) of the newest readable checkpoint, laid out as `abstract_state`; None if there
-    are no checkpoints; CheckpointError if there are some and none can be read."""
+    are no checkpoints; CheckpointError if there are some and none can be read, or if the newest intact one
+    does not fit `abstract_state` (then nothing is moved: the checkpoint is sound, the model is not its own)."""
     steps = self.steps()
     if not steps:
       return None
@@ -130,13 +131,18 @@ class Checkpoints:
           return restored['state'], restored['meta'], step
         except Exception as e:  # orbax and tensorstore raise many types for a damaged file
           problem = _first_line(e)
+          if files.exists(self._digest_path(step)):  # its files are as written: the reader differs
+            raise CheckpointError(
+                f'checkpoint of step {step} in {self.directory} is intact (its files match their digest) but '
+                f'does not fit the model restoring it ({problem}): run the code and config that wrote it, or '
+                'train into a new --workdir.') from None
       problems.append(f'step {step}: {problem}')
       moved = self._move_aside(step) if self.writer else None
       logging.warning('checkpoint of step %d in %s cannot be read (%s)%s; trying the previous one.', step,
                       self.directory, problem, f'; moved to {moved}' if moved else '')
-    raise CheckpointError(f'no checkpoint in {self.directory} can be read ({"; ".join(problems)}); the damaged '
-                          f'ones were moved to {CORRUPT_PREFIX}STEP. Restore them from a backup, or train into a '
-                          'new --workdir.')
+    moved = f'the damaged ones were moved to {CORRUPT_PREFIX}STEP. ' if self.writer else ''
+    raise CheckpointError(f'no checkpoint in {self.directory} can be read ({"; ".join(problems)}); {moved}Restore '
+                          'them from a backup, or train into a new --workdir.')
 
   def verify(self, step: int) -> str | None:
     """What is wrong with checkpoint `step` against its digest (None: intact, or written without one)."""
