@@ -14,9 +14,10 @@ in the middle, context width 128: 2.45M parameters against lgm's 1.89M (diffuser
 feed-forward layer), so each line also gives the step's FLOPs as each side counts them (lgm: XLA's count of
 the program; PyTorch: `FlopCounterMode`). The same model with the feed-forward layers taken out of its
 transformer blocks (`feed_forward: false`; 1.92M parameters, lgm's attention block plus diffusers' in/out
-projections and LayerNorms) is the same-size comparison, timed beside it. Both train steps run the frozen text tower on the batch's captions,
-as the job (and Stable Diffusion's training) does: lgm the job's, PyTorch transformers' `CLIPTextModel` at its
-sizes (width 128, 3 layers, 4 heads, 24 tokens); the forward takes text features computed beforehand.
+projections and LayerNorms) is the same-size comparison, timed beside it. Both train steps run the frozen
+text tower on the batch's captions, as the job (and Stable Diffusion's training) does: lgm the job's, PyTorch
+transformers' `CLIPTextModel` at its sizes (width 128, 3 layers, 4 heads, 24 tokens); the forward takes text
+features computed beforehand.
 Random weights (lgm's text tower: the job's), synthetic batches: speed only. lgm compiles with its
 per-backend XLA options (`lgm.xla`), as its trainer and samplers do.
 
