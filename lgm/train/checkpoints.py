@@ -134,8 +134,8 @@ class Checkpoints:
           if files.exists(self._digest_path(step)):  # its files are as written: the reader differs
             raise CheckpointError(
                 f'checkpoint of step {step} in {self.directory} is intact (its files match their digest) but '
-                f'does not fit the model restoring it ({problem}): run the code and config that wrote it, or '
-                'train into a new --workdir.') from None
+                f'does not fit the model restoring it ({self._misfit(step, abstract_state) or problem}): run '
+                'the code and config that wrote it, or train into a new --workdir.') from None
       problems.append(f'step {step}: {problem}')
       moved = self._move_aside(step) if self.writer else None
       logging.warning('checkpoint of step %d in %s cannot be read (%s)%s; trying the previous one.', step,
@@ -143,6 +143,17 @@ class Checkpoints:
     moved = f'the damaged ones were moved to {CORRUPT_PREFIX}STEP. ' if self.writer else ''
     raise CheckpointError(f'no checkpoint in {self.directory} can be read ({"; ".join(problems)}); {moved}Restore '
                           'them from a backup, or train into a new --workdir.')
+
+  def _misfit(self, step: int, abstract_state: Any) -> str:
+    """Which arrays checkpoint `step` has and the model lacks, and the reverse ('' if that cannot be told)."""
+    try:
+      saved = ocp.StandardCheckpointer().metadata(os.path.join(self.directory, str(step), 'state')).item_metadata
+    except Exception:  # noqa: BLE001 -- a diagnostic only: the caller's error stands without it
+      return ''
+    saved, wanted = _leaf_paths(getattr(saved, 'tree', saved)), _leaf_paths(abstract_state)
+    parts = [f'{label} {len(paths)} array(s) such as {", ".join(sorted(paths)[:3])}'
+             for label, paths in (('the checkpoint has', saved - wanted), ('the model has', wanted - saved)) if paths]
+    return '; '.join(parts)
 
   def verify(self, step: int) -> str | None:
     """What is wrong with checkpoint `step` against its digest (None: intact, or written without one)."""
@@ -244,6 +255,16 @@ def _digest(step_dir: str) -> dict[str, list[int]]:
         crc, size = zlib.crc32(chunk, crc), size + len(chunk)
     out[name] = [size, crc]
   return out
+
+
+def _leaf_paths(tree: Any) -> set[str]:
+  """'params/decoder/Conv_0/kernel' for every leaf of a pytree (dicts, dataclasses and sequences alike)."""
+  def name(key) -> str:
+    for attribute in ('key', 'name', 'idx'):
+      if hasattr(key, attribute):
+        return str(getattr(key, attribute))
+    return str(key)
+  return {'/'.join(name(k) for k in path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _first_line(error: BaseException) -> str:
