@@ -259,12 +259,8 @@ def _digest(step_dir: str) -> dict[str, list[int]]:
 
 def _leaf_paths(tree: Any) -> set[str]:
   """'params/decoder/Conv_0/kernel' for every leaf of a pytree (dicts, dataclasses and sequences alike)."""
-  def name(key) -> str:
-    for attribute in ('key', 'name', 'idx'):
-      if hasattr(key, attribute):
-        return str(getattr(key, attribute))
-    return str(key)
-  return {'/'.join(name(k) for k in path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {jax.tree_util.keystr(path, simple=True, separator='/')
+          for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _first_line(error: BaseException) -> str:
