@@ -31,6 +31,40 @@ def test_group_norm_uses_min_c_over_4_and_32_groups_reduced_to_a_divisor():
     assert layers.group_norm(channels).num_groups == math.gcd(channels // 4, 32)
 
 
+def _numpy_group_norm(x, scale, bias, groups, eps=1e-6):
+  b, c = x.shape[0], x.shape[-1]
+  g = x.reshape(b, -1, groups, c // groups).astype(np.float64)
+  mean, var = g.mean((1, 3), keepdims=True), g.var((1, 3), keepdims=True)
+  return ((g - mean) / np.sqrt(var + eps)).reshape(x.shape) * scale + bias
+
+
+@pytest.mark.parametrize('shape, groups', [((3, 4, 4, 12), 3), ((2, 5, 16), 4), ((2, 2, 3, 3, 8), 8)])
+def test_group_norm_and_its_written_out_gradient_match_numpy_and_autodiff(shape, groups):
+  keys = jax.random.split(jax.random.PRNGKey(1), 4)
+  x = 3.0 * jax.random.normal(keys[0], shape) + 2.0  # an offset mean, as after a conv with a bias
+  scale, bias = 1.0 + 0.3 * jax.random.normal(keys[1], shape[-1:]), jax.random.normal(keys[2], shape[-1:])
+  cotangent = jax.random.normal(keys[3], shape)
+  y = layers.group_normalize(x, scale, bias, groups, 1e-6)
+  np.testing.assert_allclose(y, _numpy_group_norm(np.asarray(x), scale, bias, groups), atol=2e-5)
+  # The hand-written gradient against autodiff through the same formula (the primal without custom_vjp).
+  autodiff = lambda *a: layers._group_norm_forward(*a, groups, 1e-6)[0]
+  loss = lambda f: lambda *a: jnp.sum(f(*a) * cotangent)
+  written = jax.grad(loss(lambda *a: layers.group_normalize(*a, groups, 1e-6)), argnums=(0, 1, 2))(x, scale, bias)
+  derived = jax.grad(loss(autodiff), argnums=(0, 1, 2))(x, scale, bias)
+  for ours, reference in zip(written, derived):
+    np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4 * float(jnp.abs(reference).max()))
+
+
+def test_group_norm_module_has_flax_parameters_and_returns_its_dtype():
+  module = layers.group_norm(8, jnp.bfloat16)
+  variables = module.init(jax.random.PRNGKey(0), X)
+  assert jax.tree.map(lambda a: (a.shape, a.dtype), variables['params']) == {
+      'scale': ((8,), jnp.float32), 'bias': ((8,), jnp.float32)}
+  y = module.apply(variables, X)
+  assert y.dtype == jnp.bfloat16
+  np.testing.assert_allclose(y.astype(jnp.float32), _numpy_group_norm(np.asarray(X), 1.0, 0.0, 2), atol=2e-2)
+
+
 def test_res_block_projects_temb_only_when_given_and_shortcuts_by_kind():
   assert 'Dense_0' not in shapes(layers.ResBlock(8), X)
   assert shapes(layers.ResBlock(8), X, jnp.ones((2, 16)))['Dense_0']['kernel'] == (16, 8)
@@ -81,3 +115,41 @@ def test_attention_block_starts_as_identity_and_masks_context():
   mask = jnp.array([[True, False]])
   np.testing.assert_allclose(layers.attend(q, k, v, 2, mask), jnp.broadcast_to(v[:, :1], (1, 2, 4)), atol=1e-6)
   np.testing.assert_array_equal(layers.attend(q, k, v, 2, jnp.zeros_like(mask)), 0.0)
+
+
+def test_attend_matches_a_numpy_softmax_attention_with_masks():
+  b, lq, lk, heads, d = 3, 5, 7, 2, 4
+  q, k, v = (np.array(jax.random.normal(jax.random.PRNGKey(i), (b, n, heads * d))) for i, n in
+             ((0, lq), (1, lk), (2, lk)))
+  k[0, 6] *= 50.0  # a masked key with a logit far above the others: the softmax's max is over valid keys
+  mask = np.array([[True] * 6 + [False], [True] * 7, [False, True, False, True, False, False, False]])
+  logits = np.einsum('bqhd,bkhd->bhqk', q.reshape(b, lq, heads, d), k.reshape(b, lk, heads, d)) / np.sqrt(d)
+  logits = np.where(mask[:, None, None], logits, -np.inf)
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  expected = np.einsum('bhqk,bkhd->bqhd', weights, v.reshape(b, lk, heads, d)).reshape(b, lq, heads * d)
+  np.testing.assert_allclose(layers.attend(q, k, v, heads, mask), expected, atol=1e-5)
+  np.testing.assert_allclose(layers.attend(q, k, v, heads), layers.attend(q, k, v, heads, np.ones((b, lk), bool)),
+                             atol=1e-6)
+
+
+def test_attention_projections_have_dense_parameters_and_dense_results():
+  """`DenseParams` + `project` is nn.Dense: the same parameters at the same path, the same products."""
+  import flax.linen as nn
+
+  class Separate(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return [nn.Dense(f, kernel_init=layers.ddpm_init(0.1), name=n)(x) for n, f in (('a', 3), ('b', 5))]
+
+  class Fused(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      params = [layers.DenseParams(f, layers.ddpm_init(0.1), name=n)(x.shape[-1]) for n, f in (('a', 3), ('b', 5))]
+      return layers.project(x, params, jnp.float32)
+
+  x = jax.random.normal(jax.random.PRNGKey(3), (2, 6, 4))
+  separate, fused = Separate().init(jax.random.PRNGKey(0), x), Fused().init(jax.random.PRNGKey(0), x)
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), separate, fused))
+  for a, b in zip(Separate().apply(separate, x), Fused().apply(separate, x)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)

@@ -40,14 +40,78 @@ def lecun_init(scale: float = 1.0) -> Initializer:
   return nn.initializers.zeros if scale == 0 else nn.initializers.lecun_normal()
 
 
-def group_norm(channels: int, dtype: Dtype = jnp.float32, groups: int | None = None) -> nn.GroupNorm:
+def _group_sums(t: jnp.ndarray, groups: int) -> jnp.ndarray:
+  return t.reshape(t.shape[0], groups, -1).sum(-1)  # (B, C) -> (B, G)
+
+
+def _per_channel(t: jnp.ndarray, channels: int, ndim: int) -> jnp.ndarray:
+  t = jnp.repeat(t, channels // t.shape[1], axis=1)  # (B, G) -> (B, C), broadcastable against (B, ..., C)
+  return t.reshape(t.shape[:1] + (1,) * (ndim - 2) + t.shape[1:])
+
+
+def _group_norm_forward(x, scale, bias, groups, epsilon):
+  inner = tuple(range(1, x.ndim - 1))
+  count = math.prod(x.shape[1:-1]) * (x.shape[-1] // groups)
+  mean = _group_sums(x.sum(inner), groups) / count
+  var = jnp.maximum(_group_sums(jnp.square(x).sum(inner), groups) / count - jnp.square(mean), 0.0)
+  rstd = lax.rsqrt(var + epsilon)
+  c, n = x.shape[-1], x.ndim
+  y = (x - _per_channel(mean, c, n)) * (_per_channel(rstd, c, n) * scale) + bias
+  return y, (x, scale, mean, rstd)
+
+
+def _group_norm_backward(groups, epsilon, saved, dy):
+  x, scale, mean, rstd = saved
+  inner = tuple(range(1, x.ndim - 1))
+  count = math.prod(x.shape[1:-1]) * (x.shape[-1] // groups)
+  c, n = x.shape[-1], x.ndim
+  mean_c, rstd_c = _per_channel(mean, c, n), _per_channel(rstd, c, n)
+  sum_dy = dy.sum(inner)  # (B, C): the two sums every gradient below is made of
+  sum_dy_xhat = ((dy * x).sum(inner) - mean_c.reshape(sum_dy.shape) * sum_dy) * rstd_c.reshape(sum_dy.shape)
+  mean_g = _per_channel(_group_sums(sum_dy * scale, groups) / count, c, n)
+  mean_g_xhat = _per_channel(_group_sums(sum_dy_xhat * scale, groups) / count, c, n)
+  xhat = (x - mean_c) * rstd_c
+  dx = rstd_c * (dy * scale - mean_g - xhat * mean_g_xhat)
+  return dx, sum_dy_xhat.sum(0), sum_dy.sum(0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def group_normalize(x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray, groups: int,
+                    epsilon: float) -> jnp.ndarray:
+  """Group normalisation of float32 `x` (B, ..., C) over all axes but the batch, per group of C / `groups`
+  channels, then `scale` and `bias` per channel. The variance is E[x^2] - E[x]^2, as flax's GroupNorm computes
+  it by default. Its gradient is written out: it is two per-channel sums and one elementwise pass, where
+  differentiating the forward pass gave XLA about twice the operations (1.3-2x the time on 2 CPU cores)."""
+  return _group_norm_forward(x, scale, bias, groups, epsilon)[0]
+
+
+group_normalize.defvjp(_group_norm_forward, _group_norm_backward)
+
+
+class GroupNorm(nn.Module):
+  """flax's `nn.GroupNorm` (the same parameters, `scale` and `bias`, and the same result) by
+  `group_normalize`: statistics in float32, the result in `dtype`."""
+  num_groups: int
+  epsilon: float = 1e-6
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    channels = x.shape[-1]
+    scale = self.param('scale', nn.initializers.ones, (channels,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (channels,), jnp.float32)
+    y = group_normalize(x.astype(jnp.float32), scale, bias, self.num_groups, self.epsilon)
+    return y.astype(self.dtype)
+
+
+def group_norm(channels: int, dtype: Dtype = jnp.float32, groups: int | None = None) -> GroupNorm:
   """GroupNorm with `groups` groups, or by default min(C / 4, 32) as in score_sde, reduced to a divisor of C
   where it is not one (Stable Diffusion's autoencoder: always 32)."""
   if groups is None:
     groups = math.gcd(max(min(channels // 4, 32), 1), channels)
   elif channels % groups:
     raise ValueError(f'{channels} channels do not split into {groups} normalisation groups; change one of them.')
-  return nn.GroupNorm(num_groups=groups, dtype=dtype)
+  return GroupNorm(num_groups=groups, dtype=dtype)
 
 
 def conv3x3(features: int, kernel_init: Initializer, dtype: Dtype, stride: int = 1,
@@ -240,19 +304,45 @@ def attend(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, num_heads: int,
            mask: jnp.ndarray | None = None) -> jnp.ndarray:
   """Multi-head dot-product attention, (B, Lq, C) x (B, Lk, C) -> (B, Lq, C); softmax in float32.
 
-  Masked keys (mask (B, Lk) False) get weight exactly 0, also when a whole row is masked."""
+  The softmax is normalised after the weighted sum of values (a (B, Lq, C) division, not a (B, H, Lq, Lk)
+  one), and queries are scaled before the product: on XLA:CPU 8x8 self-attention ran ~20% faster (forward
+  and backward with its projections). Masked keys (mask (B, Lk) False) get weight exactly 0, also when a
+  whole row is masked."""
   b, lq, c = q.shape
   split = lambda t: t.reshape(b, t.shape[1], num_heads, c // num_heads)
-  q, k, v = split(q), split(k), split(v)
-  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32) / math.sqrt(c // num_heads)
+  q, k, v = split(q * (1 / math.sqrt(c // num_heads))), split(k), split(v)
+  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32)
   if mask is not None:
-    valid = mask[:, None, None, :]
-    logits = jnp.where(valid, logits, jnp.finfo(jnp.float32).min)
-  weights = jax.nn.softmax(logits, axis=-1)
+    logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+  weights = jnp.exp(logits - lax.stop_gradient(logits.max(-1, keepdims=True)))  # in (0, 1], unnormalised
   if mask is not None:
-    weights = jnp.where(valid, weights, 0.0)
+    weights = jnp.where(mask[:, None, None, :], weights, 0.0)
+  total = weights.sum(-1)  # (B, H, Lq); 0 where a whole row is masked
+  if mask is not None:
+    total = jnp.where(total > 0, total, 1.0)
   out = jnp.einsum('bhqk,bkhd->bqhd', weights.astype(v.dtype), v)
-  return out.reshape(b, lq, c)
+  return (out / jnp.moveaxis(total, 1, 2)[..., None].astype(out.dtype)).reshape(b, lq, c)
+
+
+class DenseParams(nn.Module):
+  """The parameters of an `nn.Dense` (the same names, shapes and initialisation) without its matmul, for
+  projections of one input that `project` runs as one."""
+  features: int
+  kernel_init: Initializer
+
+  @nn.compact
+  def __call__(self, in_features: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+    return (self.param('kernel', self.kernel_init, (in_features, self.features), jnp.float32),
+            self.param('bias', nn.initializers.zeros_init(), (self.features,), jnp.float32))
+
+
+def project(x: jnp.ndarray, params: Sequence[tuple[jnp.ndarray, jnp.ndarray]], dtype: Dtype) -> list[jnp.ndarray]:
+  """`x` through several dense layers (kernel, bias) as one matmul with their kernels side by side: on
+  XLA:CPU attention's three narrow projections (48 or 96 wide) ran faster as one, forward and backward."""
+  kernels, biases = zip(*params)
+  y = jnp.dot(x.astype(dtype), jnp.concatenate(kernels, axis=1).astype(dtype))
+  y = y + jnp.concatenate(biases).astype(dtype)
+  return jnp.split(y, np.cumsum([k.shape[1] for k in kernels])[:-1].tolist(), axis=-1)
 
 
 class AttnBlock(nn.Module):
@@ -277,9 +367,13 @@ class AttnBlock(nn.Module):
 
     def sublayer(x, kv_source, mask, name):
       h = group_norm(c, self.dtype, self.norm_groups)(x).reshape(b, height * width, c)
-      kv_source = h if kv_source is None else kv_source.astype(self.dtype)
-      q, k, v = (nn.Dense(c, kernel_init=self.kernel_init(0.1), dtype=self.dtype, name=f'{name}_{n}')(src)
-                 for n, src in (('query', h), ('key', kv_source), ('value', kv_source)))
+      query, key, value = (DenseParams(c, self.kernel_init(0.1), name=f'{name}_{n}')
+                           for n in ('query', 'key', 'value'))
+      if kv_source is None:
+        q, k, v = project(h, (query(c), key(c), value(c)), self.dtype)
+      else:
+        (q,) = project(h, (query(c),), self.dtype)
+        k, v = project(kv_source, (key(kv_source.shape[-1]), value(kv_source.shape[-1])), self.dtype)
       h = attend(q, k, v, self.num_heads, mask)
       h = nn.Dense(c, kernel_init=self.kernel_init(self.init_scale), dtype=self.dtype, name=f'{name}_out')(h)
       return skip_sum(x, h.reshape(x.shape), self.skip_rescale)
