@@ -33,13 +33,16 @@ def dequantize(rng: jax.Array, x: jax.Array, centered: bool = True) -> jax.Array
 
 
 def _divergence_fn(fn, x_shape, method: str, rng: jax.Array):
-  """div fn at x: Hutchinson with one fixed probe per example, or exact."""
+  """div fn at x: Hutchinson with one fixed probe per example, or exact. Both read the Jacobian through
+  reverse mode (p . J^T p = p . J p): the networks' written-out gradients (GroupNorm, Winograd convolutions)
+  are custom VJPs, which forward mode cannot differentiate."""
   if method == 'exact':
     dims = math.prod(x_shape[1:])
     basis = jnp.eye(dims).reshape((dims, 1) + tuple(x_shape[1:]))
 
     def exact(x, t):
-      diag = jax.vmap(lambda e: jax.jvp(lambda y: fn(y, t), (x,), (jnp.broadcast_to(e, x.shape),))[1] * e)(basis)
+      out, transposed = jax.vjp(lambda y: fn(y, t), x)
+      diag = jax.vmap(lambda e: transposed(jnp.broadcast_to(e, out.shape).astype(out.dtype))[0] * e)(basis)
       return per_example_sum(diag.sum(0))
     return exact
   if method == 'rademacher':
@@ -48,8 +51,8 @@ def _divergence_fn(fn, x_shape, method: str, rng: jax.Array):
     probe = jax.random.normal(rng, x_shape)
 
   def hutchinson(x, t):
-    jv = jax.jvp(lambda y: fn(y, t), (x,), (probe,))[1]
-    return per_example_sum(jv * probe)
+    out, transposed = jax.vjp(lambda y: fn(y, t), x)
+    return per_example_sum(transposed(probe.astype(out.dtype))[0] * probe)
   return hutchinson
 
 

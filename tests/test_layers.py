@@ -153,3 +153,14 @@ def test_attention_projections_have_dense_parameters_and_dense_results():
   assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), separate, fused))
   for a, b in zip(Separate().apply(separate, x), Fused().apply(separate, x)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_matmul_gradients_are_those_of_a_plain_product():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 5, 4))
+  kernel = jax.random.normal(jax.random.PRNGKey(1), (4, 6))
+  g = jax.random.normal(jax.random.PRNGKey(2), (2, 3, 5, 6))
+  ours = jax.vjp(layers.matmul, x, kernel)
+  plain = jax.vjp(jnp.dot, x, kernel)
+  np.testing.assert_allclose(ours[0], plain[0], rtol=1e-6)
+  for a, b in zip(ours[1](g), plain[1](g)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
