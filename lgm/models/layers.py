@@ -349,7 +349,8 @@ matmul.defvjp(_matmul_forward, _matmul_backward)
 def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
   """`nn.Dense(dot_general=...)`: its product by `matmul`."""
   (contracting, batch) = dimension_numbers
-  if contracting != ((lhs.ndim - 1,), (0,)) or batch != ((), ()) or precision or preferred_element_type:
+  if (rhs.ndim != 2 or contracting != ((lhs.ndim - 1,), (0,)) or batch != ((), ()) or precision
+      or preferred_element_type):
     return lax.dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type=preferred_element_type)
   return matmul(lhs, rhs)
 
