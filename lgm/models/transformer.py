@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lgm.models import layers
+
 Dtype = Any
 
 
@@ -40,8 +42,9 @@ class Mlp(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = nn.Dense(self.hidden, dtype=self.dtype, name='c_fc')(x)
-    return nn.Dense(self.width, dtype=self.dtype, name='c_proj')(get_activation(self.activation)(x))
+    dense = functools.partial(nn.Dense, dtype=self.dtype, dot_general=layers.dense_dot_general)  # x^T stored
+    x = dense(self.hidden, name='c_fc')(x)
+    return dense(self.width, name='c_proj')(get_activation(self.activation)(x))
 
 
 class ResidualAttentionBlock(nn.Module):
