@@ -44,34 +44,37 @@ def _group_sums(t: jnp.ndarray, groups: int) -> jnp.ndarray:
   return t.reshape(t.shape[0], groups, -1).sum(-1)  # (B, C) -> (B, G)
 
 
-def _per_channel(t: jnp.ndarray, channels: int, ndim: int) -> jnp.ndarray:
-  t = jnp.repeat(t, channels // t.shape[1], axis=1)  # (B, G) -> (B, C), broadcastable against (B, ..., C)
-  return t.reshape(t.shape[:1] + (1,) * (ndim - 2) + t.shape[1:])
+def _per_channel(t: jnp.ndarray, channels: int) -> jnp.ndarray:
+  return jnp.repeat(t, channels // t.shape[1], axis=1)  # (B, G) -> (B, C)
+
+
+def _over_positions(t: jnp.ndarray, ndim: int) -> jnp.ndarray:
+  return t.reshape(t.shape[:1] + (1,) * (ndim - 2) + t.shape[1:])  # (B, C) -> broadcastable to (B, ..., C)
 
 
 def _group_norm_forward(x, scale, bias, groups, epsilon):
-  inner = tuple(range(1, x.ndim - 1))
+  positions = tuple(range(1, x.ndim - 1))
   count = math.prod(x.shape[1:-1]) * (x.shape[-1] // groups)
-  mean = _group_sums(x.sum(inner), groups) / count
-  var = jnp.maximum(_group_sums(jnp.square(x).sum(inner), groups) / count - jnp.square(mean), 0.0)
+  mean = _group_sums(x.sum(positions), groups) / count
+  var = jnp.maximum(_group_sums(jnp.square(x).sum(positions), groups) / count - jnp.square(mean), 0.0)
   rstd = lax.rsqrt(var + epsilon)
-  c, n = x.shape[-1], x.ndim
-  y = (x - _per_channel(mean, c, n)) * (_per_channel(rstd, c, n) * scale) + bias
+  expand = lambda t: _over_positions(_per_channel(t, x.shape[-1]), x.ndim)
+  y = (x - expand(mean)) * (expand(rstd) * scale) + bias
   return y, (x, scale, mean, rstd)
 
 
 def _group_norm_backward(groups, epsilon, saved, dy):
   x, scale, mean, rstd = saved
-  inner = tuple(range(1, x.ndim - 1))
+  positions = tuple(range(1, x.ndim - 1))
   count = math.prod(x.shape[1:-1]) * (x.shape[-1] // groups)
-  c, n = x.shape[-1], x.ndim
-  mean_c, rstd_c = _per_channel(mean, c, n), _per_channel(rstd, c, n)
-  sum_dy = dy.sum(inner)  # (B, C): the two sums every gradient below is made of
-  sum_dy_xhat = ((dy * x).sum(inner) - mean_c.reshape(sum_dy.shape) * sum_dy) * rstd_c.reshape(sum_dy.shape)
-  mean_g = _per_channel(_group_sums(sum_dy * scale, groups) / count, c, n)
-  mean_g_xhat = _per_channel(_group_sums(sum_dy_xhat * scale, groups) / count, c, n)
-  xhat = (x - mean_c) * rstd_c
-  dx = rstd_c * (dy * scale - mean_g - xhat * mean_g_xhat)
+  mean, rstd = _per_channel(mean, x.shape[-1]), _per_channel(rstd, x.shape[-1])  # (B, C)
+  sum_dy = dy.sum(positions)  # (B, C): the two sums every gradient below is made of
+  sum_dy_xhat = ((dy * x).sum(positions) - mean * sum_dy) * rstd
+  expand = lambda t: _over_positions(t, x.ndim)
+  mean_g = _per_channel(_group_sums(sum_dy * scale, groups) / count, x.shape[-1])
+  mean_g_xhat = _per_channel(_group_sums(sum_dy_xhat * scale, groups) / count, x.shape[-1])
+  xhat = (x - expand(mean)) * expand(rstd)
+  dx = expand(rstd) * (dy * scale - expand(mean_g) - xhat * expand(mean_g_xhat))
   return dx, sum_dy_xhat.sum(0), sum_dy.sum(0)
 
 
@@ -289,16 +292,14 @@ class ResBlock(nn.Module):
       h, x = (resample(y, self.up, self.fir, self.fir_kernel) for y in (h, x))
     h = conv3x3(out_ch, self.kernel_init(1.0), self.dtype, algorithm=self.conv_algorithm)(h)
     if temb is not None:
-      bias = nn.Dense(out_ch, kernel_init=self.kernel_init(1.0), dtype=self.dtype,
-                      dot_general=dense_dot_general)(nn.swish(temb))
+      bias = dense(out_ch, kernel_init=self.kernel_init(1.0), dtype=self.dtype)(nn.swish(temb))
       h = h + bias[:, None, None, :]
     h = nn.swish(group_norm(out_ch, self.dtype, self.norm_groups)(h))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     h = conv3x3(out_ch, self.kernel_init(self.init_scale), self.dtype, algorithm=self.conv_algorithm)(h)
     if in_ch != out_ch or (self.kind == 'biggan' and (self.up or self.down)):
       shortcut_scale = 0.1 if self.kind == 'ddpm' else 1.0
-      x = nn.Dense(out_ch, kernel_init=self.kernel_init(shortcut_scale), dtype=self.dtype,
-                   dot_general=dense_dot_general)(x)
+      x = dense(out_ch, kernel_init=self.kernel_init(shortcut_scale), dtype=self.dtype)(x)
     return skip_sum(x, h, self.skip_rescale)
 
 
@@ -314,13 +315,14 @@ def attend(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, num_heads: int,
   split = lambda t: t.reshape(b, t.shape[1], num_heads, c // num_heads)
   q, k, v = split(q * (1 / math.sqrt(c // num_heads))), split(k), split(v)
   logits = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32)
-  if mask is not None:
-    logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+  valid = None if mask is None else mask[:, None, None, :]
+  if valid is not None:
+    logits = jnp.where(valid, logits, jnp.finfo(jnp.float32).min)
   weights = jnp.exp(logits - lax.stop_gradient(logits.max(-1, keepdims=True)))  # in (0, 1], unnormalised
-  if mask is not None:
-    weights = jnp.where(mask[:, None, None, :], weights, 0.0)
+  if valid is not None:
+    weights = jnp.where(valid, weights, 0.0)
   total = weights.sum(-1)  # (B, H, Lq); 0 where a whole row is masked
-  if mask is not None:
+  if valid is not None:
     total = jnp.where(total > 0, total, 1.0)
   out = jnp.einsum('bhqk,bkhd->bqhd', weights.astype(v.dtype), v)
   return (out / jnp.moveaxis(total, 1, 2)[..., None].astype(out.dtype)).reshape(b, lq, c)
@@ -353,6 +355,10 @@ def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_ele
       or preferred_element_type):
     return lax.dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type=preferred_element_type)
   return matmul(lhs, rhs)
+
+
+# nn.Dense (same class, parameter names and auto-names) with its product by `matmul`: lgm's dense layers.
+dense = functools.partial(nn.Dense, dot_general=dense_dot_general)
 
 
 class DenseParams(nn.Module):
@@ -406,8 +412,7 @@ class AttnBlock(nn.Module):
         (q,) = project(h, (query(c),), self.dtype)
         k, v = project(kv_source, (key(kv_source.shape[-1]), value(kv_source.shape[-1])), self.dtype)
       h = attend(q, k, v, self.num_heads, mask)
-      h = nn.Dense(c, kernel_init=self.kernel_init(self.init_scale), dtype=self.dtype, name=f'{name}_out',
-                   dot_general=dense_dot_general)(h)
+      h = dense(c, kernel_init=self.kernel_init(self.init_scale), dtype=self.dtype, name=f'{name}_out')(h)
       return skip_sum(x, h.reshape(x.shape), self.skip_rescale)
 
     x = sublayer(x, None, None, 'self')

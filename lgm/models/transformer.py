@@ -42,7 +42,7 @@ class Mlp(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    dense = functools.partial(nn.Dense, dtype=self.dtype, dot_general=layers.dense_dot_general)  # x^T stored
+    dense = functools.partial(layers.dense, dtype=self.dtype)
     x = dense(self.hidden, name='c_fc')(x)
     return dense(self.width, name='c_proj')(get_activation(self.activation)(x))
 
