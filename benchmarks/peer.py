@@ -29,7 +29,7 @@ For each side and dtype (float32; bfloat16 mixed precision: lgm's `train.compute
 The sides are timed in turn, not one after the other: after two warm-up calls of everything, `--rounds`
 rounds in which each side runs `--steps` calls of each measurement, so that a drift of the machine's speed
 (this benchmark's CPU machines drift by 10-20% within minutes) touches every side alike. Each line gives the
-median over all rounds' calls.
+median over all rounds' calls, and each round's median; the last lines also give the ratios paired by round.
 On a machine with a CUDA build of PyTorch its side runs on the GPU (TF32 allowed, `cudnn.benchmark`), as
 lgm's runs on JAX's default device. PyTorch runs eager, with channels_last as well (its documented speed-up
 for convolutions), and with `torch.compile` when asked (contiguous layout; minutes of compiling on CPU). The
@@ -68,22 +68,24 @@ class Contender(NamedTuple):
 
 
 def interleaved_medians(contenders: list[Contender], steps: int, rounds: int, warmup: int = 2) -> list[dict]:
-  """The median milliseconds of every contender's calls, each timed `steps` times in each of `rounds`
-  rounds that visit all contenders in turn (after `warmup` calls of each)."""
+  """The median milliseconds of every contender's calls (`ms`), each timed `steps` times in each of `rounds`
+  rounds that visit all contenders in turn (after `warmup` calls of each), and each round's median
+  (`round_ms`)."""
   for contender in contenders:
     for call in contender.calls.values():
       for _ in range(warmup):
         call()
-  times = [{what: [] for what in c.calls} for c in contenders]
-  for _ in range(rounds):
+  times = [{what: [[] for _ in range(rounds)] for what in c.calls} for c in contenders]
+  for r in range(rounds):
     for contender, timings in zip(contenders, times):
       for what, call in contender.calls.items():
         for _ in range(steps):
           start = time.perf_counter()
           call()
-          timings[what].append(time.perf_counter() - start)
-  return [{**c.record, 'what': what, 'ms': 1e3 * statistics.median(t[what]), 'timed_calls': len(t[what]),
-           **c.extra.get(what, {})} for c, t in zip(contenders, times) for what in c.calls]
+          timings[what][r].append(1e3 * (time.perf_counter() - start))
+  return [{**c.record, 'what': what, 'ms': statistics.median(sum(t[what], [])), 'timed_calls': steps * rounds,
+           'round_ms': [statistics.median(calls) for calls in t[what]], **c.extra.get(what, {})}
+          for c, t in zip(contenders, times) for what in c.calls]
 
 
 # --- lgm -----------------------------------------------------------------------------------------------
@@ -291,14 +293,24 @@ def main(argv):
 
 
 def time_ratios(records: list[dict]) -> dict[str, float]:
-  """lgm's time over PyTorch's best, per measurement and dtype, and best of each across dtypes."""
+  """lgm's time over PyTorch's best, per measurement and dtype, and best of each across dtypes; and per
+  measurement and dtype the paired form (`_paired`): for each PyTorch variant the median over rounds of lgm's
+  round median over the variant's in the same round (a drift of the machine between rounds cancels), the
+  lowest of these over the variants."""
+  def select(side, what, dtype=None):
+    return [r for r in records if r['side'] == side and r['what'] == what and dtype in (None, r['dtype'])]
+
   def best(side, what, dtype=None):
-    return min(r['ms'] for r in records
-               if r['side'] == side and r['what'] == what and (dtype is None or r['dtype'] == dtype))
+    return min(r['ms'] for r in select(side, what, dtype))
+
   ratios = {}
   for what in ('train_step', 'forward'):
     for dtype in ('float32', 'bfloat16'):
       ratios[f'{what}_{dtype}'] = best('lgm', what, dtype) / best('pytorch', what, dtype)
+      (lgm,) = select('lgm', what, dtype)
+      ratios[f'{what}_{dtype}_paired'] = min(
+          statistics.median(a / b for a, b in zip(lgm['round_ms'], peer['round_ms'], strict=True))
+          for peer in select('pytorch', what, dtype))
   ratios.update({f'{what}_best_of_each': best('lgm', what) / best('pytorch', what)
                  for what in ('train_step', 'forward')})
   return ratios
