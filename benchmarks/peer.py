@@ -296,7 +296,7 @@ def time_ratios(records: list[dict]) -> dict[str, float]:
   """lgm's time over PyTorch's best, per measurement and dtype, and best of each across dtypes; and per
   measurement and dtype the paired form (`_paired`): for each PyTorch variant the median over rounds of lgm's
   round median over the variant's in the same round (a drift of the machine between rounds cancels), the
-  lowest of these over the variants."""
+  highest of these over the variants (that of PyTorch's best variant)."""
   def select(side, what, dtype=None):
     return [r for r in records if r['side'] == side and r['what'] == what and dtype in (None, r['dtype'])]
 
@@ -308,7 +308,7 @@ def time_ratios(records: list[dict]) -> dict[str, float]:
     for dtype in ('float32', 'bfloat16'):
       ratios[f'{what}_{dtype}'] = best('lgm', what, dtype) / best('pytorch', what, dtype)
       (lgm,) = select('lgm', what, dtype)
-      ratios[f'{what}_{dtype}_paired'] = min(
+      ratios[f'{what}_{dtype}_paired'] = max(
           statistics.median(a / b for a, b in zip(lgm['round_ms'], peer['round_ms'], strict=True))
           for peer in select('pytorch', what, dtype))
   ratios.update({f'{what}_best_of_each': best('lgm', what) / best('pytorch', what)
