@@ -17,7 +17,7 @@ COMPILE_FLAGS = '--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitter
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8 '
                            + COMPILE_FLAGS).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-# Identical programs (the same tiny run in-process and in subprocesses) compile once per session: one cache
+# Identical programs (the same tiny run in-process and in subprocesses) compile once per pytest run: one cache
 # for pytest and its workers, removed when pytest ends.
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='lgm_jax_cache_')
