@@ -1,6 +1,7 @@
 """lgm against the PyTorch model its users would otherwise pick, side by side in one run on one machine.
 
-python -m benchmarks.peer [--batch=8] [--steps=5] [--rounds=3] [--threads=2] [--torch_compile] [--out=FILE.jsonl]
+python -m benchmarks.peer [--batch=8] [--steps=5] [--rounds=3] [--threads=2] [--torch_compile]
+                          [--lgm_steps_per_call=1] [--out=FILE.jsonl]
 python -m benchmarks.peer --model=t2i --t2i_workdir=runs/t2i_shapes --batch=64
 
 `--model=ddpm`: Ho et al.'s DDPM U-Net for 32x32 images. lgm: `configs/score_sde/cifar10_ddpm.py`
@@ -26,6 +27,8 @@ For each side and dtype (float32; bfloat16 mixed precision: lgm's `train.compute
 - `train_step`: noise-prediction loss, backward, Adam, gradient-norm clipping, EMA (lgm: its trainer's
   jitted step; PyTorch: fused Adam where the build has it, `torch._foreach_lerp_` for the EMA);
 - `forward`: one network evaluation (the unit of sampling).
+With `--lgm_steps_per_call=k` lgm's train step runs as its trainer runs it with `train.steps_per_call = k`
+(k optimizer steps per compiled call, the same trajectory) and is timed per optimizer step.
 The sides are timed in turn, not one after the other: after two warm-up calls of everything, `--rounds`
 rounds in which each side runs `--steps` calls of each measurement, so that a drift of the machine's speed
 (this benchmark's CPU machines drift by 10-20% within minutes) touches every side alike. Each line gives the
@@ -55,6 +58,8 @@ _STEPS = flags.DEFINE_integer('steps', 5, 'Timed calls per measurement and round
 _ROUNDS = flags.DEFINE_integer('rounds', 3, 'Rounds of timing, each visiting every side in turn (medians over all).')
 _THREADS = flags.DEFINE_integer('threads', 0, 'PyTorch CPU threads (0: one per core, as XLA uses).')
 _COMPILE = flags.DEFINE_bool('torch_compile', False, 'Also measure PyTorch with torch.compile.')
+_STEPS_PER_CALL = flags.DEFINE_integer(
+    'lgm_steps_per_call', 1, "lgm's `train.steps_per_call`: its train step timed per optimizer step of k-step calls.")
 _OUT = flags.DEFINE_string('out', None, 'Append the JSON lines to this file.')
 _MODEL = flags.DEFINE_enum('model', 'ddpm', ['ddpm', 't2i'], 'Which pair of models to compare.')
 _T2I_WORKDIR = flags.DEFINE_string('t2i_workdir', None, 'A trained text-to-image job (--model=t2i).')
@@ -65,6 +70,7 @@ class Contender(NamedTuple):
   record: dict
   calls: dict[str, Callable[[], None]]  # 'train_step', 'forward'
   extra: dict[str, dict]  # per measurement, fields of its line besides the time (FLOPs)
+  units: dict[str, int] = {}  # per measurement, how many of it one call makes (k optimizer steps); default 1
 
 
 def interleaved_medians(contenders: list[Contender], steps: int, rounds: int, warmup: int = 2) -> list[dict]:
@@ -82,14 +88,14 @@ def interleaved_medians(contenders: list[Contender], steps: int, rounds: int, wa
         for _ in range(steps):
           start = time.perf_counter()
           call()
-          timings[what][r].append(1e3 * (time.perf_counter() - start))
+          timings[what][r].append(1e3 * (time.perf_counter() - start) / contender.units.get(what, 1))
   return [{**c.record, 'what': what, 'ms': statistics.median(sum(t[what], [])), 'timed_calls': steps * rounds,
            'round_ms': [statistics.median(calls) for calls in t[what]], **c.extra.get(what, {})}
           for c, t in zip(contenders, times) for what in c.calls]
 
 
 # --- lgm -----------------------------------------------------------------------------------------------
-def lgm_config(model: str, batch: int, dtype: str):
+def lgm_config(model: str, batch: int, dtype: str, steps_per_call: int = 1):
   if model == 'ddpm':
     config = cifar10_ddpm.get_config()
   else:
@@ -97,12 +103,13 @@ def lgm_config(model: str, batch: int, dtype: str):
     config = workdir_lib.read_config(os.path.join(_T2I_WORKDIR.value, 'score'))
   config.train.batch_size = batch
   config.train.compute_dtype = dtype
+  config.train.steps_per_call = steps_per_call
   config.mesh = {'data': 1}  # one device, as PyTorch
   return config
 
 
-def lgm_contender(model: str, batch: int, dtype: str) -> Contender:
-  config = lgm_config(model, batch, dtype)
+def lgm_contender(model: str, batch: int, dtype: str, steps_per_call: int = 1) -> Contender:
+  config = lgm_config(model, batch, dtype, steps_per_call)
   workdir = os.path.join(_T2I_WORKDIR.value, 'score') if model == 't2i' else None
   train = train_step_lib.prepare(config, workdir)
   task = train.task
@@ -114,10 +121,11 @@ def lgm_contender(model: str, batch: int, dtype: str) -> Contender:
     forward = xla.jit(lambda params, x, t: task.score_fn(params, **condition)(x, t))
   else:
     forward = xla.jit(lambda params, x, t: task.score_fn(params)(x, t))
-  record = {'side': 'lgm', 'model': model, 'params': train.params, 'dtype': dtype, 'batch': batch}
+  record = {'side': 'lgm', 'model': model, 'params': train.params, 'dtype': dtype, 'batch': batch,
+            'steps_per_call': steps_per_call}
   return Contender(record, {'train_step': train.advance,
                             'forward': lambda: jax.block_until_ready(forward(params, x, t))},
-                   {'train_step': {'gflop': train.step_flops / 1e9}})
+                   {'train_step': {'gflop': train.step_flops / 1e9}}, {'train_step': steps_per_call})
 
 
 # --- PyTorch / diffusers -------------------------------------------------------------------------------
@@ -274,7 +282,7 @@ def main(argv):
   variants = [(False, False), (True, False)] + ([(False, True)] if _COMPILE.value else [])
   sizes = (True, False) if _MODEL.value == 't2i' else (True,)  # t2i: diffusers' blocks, and lgm's size
   for dtype in ('float32', 'bfloat16'):  # one dtype's contenders at a time (memory); timed in turn
-    contenders = [lgm_contender(_MODEL.value, batch, dtype)] + [  # (compiling takes minutes on CPU)
+    contenders = [lgm_contender(_MODEL.value, batch, dtype, _STEPS_PER_CALL.value)] + [  # (compiling takes minutes on CPU)
         torch_contender(_MODEL.value, batch, dtype, channels_last, compiled, text, feed_forward)
         for feed_forward in sizes for channels_last, compiled in variants
         if feed_forward or not channels_last]  # the same-size model: eager and compiled
@@ -288,6 +296,7 @@ def main(argv):
   for feed_forward in sizes:
     peers = [r for r in records if r['side'] == 'lgm' or r.get('feed_forward', True) == feed_forward]
     report({'what': 'lgm_time_over_pytorch_best', 'model': _MODEL.value, 'device': device, 'batch': batch,
+            'lgm_steps_per_call': _STEPS_PER_CALL.value,
             **({} if _MODEL.value == 'ddpm' else {'pytorch_feed_forward': feed_forward}), **time_ratios(peers)},
            _OUT.value)
 

@@ -30,6 +30,20 @@ def test_rounds_visit_every_side_in_turn_and_keep_each_rounds_median(monkeypatch
   assert all(r['timed_calls'] == 9 and r['what'] == 'train_step' for r in records)
 
 
+def test_a_call_of_k_steps_is_timed_per_step(monkeypatch):
+  clock = [0.0]
+
+  def four_steps():
+    clock[0] += 0.2  # 200 ms a call, 50 ms a step
+
+  monkeypatch.setattr(peer.time, 'perf_counter', lambda: clock[0])
+  contender = peer.Contender({'side': 'lgm'}, {'train_step': four_steps, 'forward': four_steps}, {},
+                             {'train_step': 4})
+  step, forward = peer.interleaved_medians([contender], steps=2, rounds=2, warmup=1)
+  assert step['ms'] == pytest.approx(50.0) and step['round_ms'] == pytest.approx([50.0, 50.0])
+  assert forward['ms'] == pytest.approx(200.0)  # one unit per call unless told
+
+
 def test_ratios_take_pytorchs_best_variant_whole_and_paired_by_round():
   def record(side, dtype, what, round_ms, **extra):
     return {'side': side, 'dtype': dtype, 'what': what, 'round_ms': round_ms, 'ms': statistics.median(round_ms),
