@@ -122,10 +122,10 @@ def lgm_contender(model: str, batch: int, dtype: str, steps_per_call: int = 1) -
   else:
     forward = xla.jit(lambda params, x, t: task.score_fn(params)(x, t))
   record = {'side': 'lgm', 'model': model, 'params': train.params, 'dtype': dtype, 'batch': batch,
-            'steps_per_call': steps_per_call}
+            'steps_per_call': train.per_call}
   return Contender(record, {'train_step': train.advance,
                             'forward': lambda: jax.block_until_ready(forward(params, x, t))},
-                   {'train_step': {'gflop': train.step_flops / 1e9}}, {'train_step': steps_per_call})
+                   {'train_step': {'gflop': train.step_flops / 1e9}}, {'train_step': train.per_call})
 
 
 # --- PyTorch / diffusers -------------------------------------------------------------------------------
@@ -282,7 +282,7 @@ def main(argv):
   variants = [(False, False), (True, False)] + ([(False, True)] if _COMPILE.value else [])
   sizes = (True, False) if _MODEL.value == 't2i' else (True,)  # t2i: diffusers' blocks, and lgm's size
   for dtype in ('float32', 'bfloat16'):  # one dtype's contenders at a time (memory); timed in turn
-    contenders = [lgm_contender(_MODEL.value, batch, dtype, _STEPS_PER_CALL.value)] + [  # (compiling takes minutes on CPU)
+    contenders = [lgm_contender(_MODEL.value, batch, dtype, _STEPS_PER_CALL.value)] + [  # (minutes of compiling)
         torch_contender(_MODEL.value, batch, dtype, channels_last, compiled, text, feed_forward)
         for feed_forward in sizes for channels_last, compiled in variants
         if feed_forward or not channels_last]  # the same-size model: eager and compiled

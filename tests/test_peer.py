@@ -25,8 +25,10 @@ def test_rounds_visit_every_side_in_turn_and_keep_each_rounds_median(monkeypatch
                      {'train_step': {'gflop': 1}})
   records = peer.interleaved_medians([a, b], steps=3, rounds=3, warmup=2)
   assert order == ['a', 'a', 'b', 'b'] + (['a'] * 3 + ['b'] * 3) * 3
-  assert [r['round_ms'] for r in records] == [pytest.approx([10.0, 30.0, 20.0]), pytest.approx([40.0, 10.0, 90.0])]
-  assert [r['ms'] for r in records] == pytest.approx([20.0, 40.0]) and records[1]['gflop'] == 1  # the warm-up calls untimed
+  assert [r['round_ms'] for r in records] == [pytest.approx([10.0, 30.0, 20.0]),
+                                              pytest.approx([40.0, 10.0, 90.0])]
+  assert [r['ms'] for r in records] == pytest.approx([20.0, 40.0])  # the warm-up calls untimed
+  assert records[1]['gflop'] == 1
   assert all(r['timed_calls'] == 9 and r['what'] == 'train_step' for r in records)
 
 
